@@ -1,0 +1,838 @@
+--- ngx_aws_token: keeps short-lived AWS tokens (ECR, CodeArtifact, ...)
+-- fresh in a lua_shared_dict, so any nginx worker can read them per request.
+--
+-- Generated from src/ngx_aws_token.ts by TypeScriptToLua: edit that file,
+-- then run `make build`.
+--
+-- Copyright (c) the ngx_aws_token authors. MIT licensed.
+
+local ____exports = {}
+local ngx_log = ngx.log
+local ngx_now = ngx.now
+local ngx_update_time = ngx.update_time
+local ngx_timer_at = ngx.timer.at
+local ngx_timer_every = ngx.timer.every
+local WARN = ngx.WARN
+local ERR = ngx.ERR
+local INFO = ngx.INFO
+local NOTICE = ngx.NOTICE
+local str_find = string.find
+local str_format = string.format
+local str_gsub = string.gsub
+local str_match = string.match
+local str_sub = string.sub
+local VERSION = "2.0.0"
+
+--- Seconds between two fetches of a token, as in 1.0: 6 hours.
+local DEFAULT_INTERVAL = 6 * 60 * 60
+
+--- Seconds before a failed fetch is tried again.
+local DEFAULT_RETRY = 30
+
+--- Seconds a command may run before it is killed.
+local DEFAULT_TIMEOUT = 60
+
+--- Seconds between two looks at the schedule and at running commands.
+local TICK = 0.5
+
+--- Seconds a killed command may take to report before it is abandoned.
+local KILL_GRACE = 10
+
+--- Seconds after a background command ends before its directory is swept,
+-- in case no worker is left to collect it (e.g. after `nginx -s stop`).
+local ORPHAN_TTL = 60
+
+--- Bytes of a command's stderr kept for the log.
+local EXCERPT = 200
+
+--- Keys of our own in the user's dict start with a NUL byte; token names
+-- may not contain control characters, so the two never collide.
+local MARK = "\0ngx_aws_token:storage"
+
+--- Runs before every command. The AWS CLI v2 pipes output through `less`
+-- unless AWS_PAGER is set to the empty string; slim images lack `less`.
+local PRELUDE = "AWS_PAGER=''; export AWS_PAGER\n"
+
+--- Where the AWS CLI looks for credentials, besides instance metadata.
+local CREDENTIAL_VARS = {
+    "HOME",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE"
+}
+local ENV_HINT = table.concat({
+    " (nginx workers have an empty environment: no HOME and no AWS_*",
+    "credentials; keep them with `env` directives in nginx.conf,",
+    "e.g. `env HOME;` or `env AWS_ACCESS_KEY_ID;`)"}, " ")
+
+--- Phases in which a light thread may yield (and ngx.pipe may wait).
+local YIELDABLE = {}
+YIELDABLE.timer = true
+YIELDABLE.rewrite = true
+YIELDABLE.access = true
+YIELDABLE.content = true
+
+--- Options that rotate() and manage() accept, and their kind.
+local OPTIONS = {}
+OPTIONS.transform = "function"
+OPTIONS.interval = "number"
+OPTIONS.retry = "number"
+OPTIONS.timeout = "number"
+local storage
+local storage_name
+local default_interval = DEFAULT_INTERVAL
+local default_retry = DEFAULT_RETRY
+local jobs = {}
+local ticking = false
+local run_count = 0
+local workdir
+local has_pipe, pipe_or_err = pcall(require, "ngx.pipe")
+local ngx_pipe = has_pipe and pipe_or_err or nil
+
+
+--- Strips leading and trailing whitespace.
+local function trim(s)
+    local out = str_gsub(s, "^%s+", "")
+    local res = str_gsub(out, "%s+$", "")
+    return res
+end
+
+
+--- True when `s` holds a control character (CR, LF, NUL, TAB, ...).
+local function has_control(s)
+    local at = str_find(s, "%c")
+    return at ~= nil
+end
+
+
+--- Wraps `s` in single quotes for /bin/sh.
+local function shell_quote(s)
+    local quoted = str_gsub(s, "'", "'\\''")
+    return ("'" .. quoted) .. "'"
+end
+
+
+--- Replaces every occurrence of `secret` in `text`, so a message that
+-- echoes a command's output cannot carry a token into the log.
+local function redact(text, secret)
+    if secret == nil or #secret < 4 then
+        return text
+    end
+    local out = ""
+    local from = 1
+    do
+        while true do
+            local s, e = str_find(text, secret, from, true)
+            if s == nil or e == nil then
+                return out .. str_sub(text, from)
+            end
+            out = (out .. str_sub(text, from, s - 1)) .. "<redacted>"
+            from = e + 1
+        end
+    end
+end
+
+
+--- A short, single-line excerpt of a command's stderr for the log.
+local function excerpt(stderr, secret)
+    if stderr == nil then
+        return ""
+    end
+    local flat = str_gsub(
+        redact(
+            trim(stderr),
+            secret
+        ),
+        "%c+",
+        " "
+    )
+    if flat == "" then
+        return ""
+    end
+    if #flat > EXCERPT then
+        return (": " .. str_sub(flat, 1, EXCERPT)) .. "..."
+    end
+    return ": " .. flat
+end
+
+
+--- The name under which `dict` is declared, if it is a lua_shared_dict.
+local function dict_name(dict)
+    for name, zone in pairs(ngx.shared) do
+        if zone == dict then
+            return name
+        end
+    end
+    return nil
+end
+
+
+--- Finds the dict another worker passed to set_storage(): the 1.0 README
+-- calls it on worker 0 only, yet reads tokens on every worker.
+local function find_storage()
+    for name, zone in pairs(ngx.shared) do
+        local mark = zone:get(MARK)
+        if mark ~= nil then
+            storage = zone
+            storage_name = name
+            return zone
+        end
+    end
+    return nil
+end
+
+
+local function read_file(path, limit)
+    local f = io.open(path, "rb")
+    if f == nil then
+        return nil
+    end
+    local ____temp_0
+    if limit ~= nil then
+        ____temp_0 = f:read(limit)
+    else
+        ____temp_0 = f:read("*a")
+    end
+    local data = ____temp_0
+    f:close()
+    return data ~= nil and data or ""
+end
+
+
+--- The directory for command output: tmpfs where there is one, so a token
+-- never reaches a disk.
+local function get_workdir()
+    if workdir == nil then
+        local shm = io.open("/dev/shm", "rb")
+        if shm ~= nil then
+            shm:close()
+            workdir = "/dev/shm"
+        else
+            workdir = "/tmp"
+        end
+    end
+    return workdir
+end
+
+
+--- The shell script that runs `command` with its stdout, stderr and exit
+-- status going to files in `dir`, a directory only this user can read.
+-- io.popen():close() cannot be trusted with the exit status under nginx:
+-- without Lua 5.2 compatibility it returns true for any command, and
+-- nginx's SIGCHLD handler may reap the child first.
+--
+-- In the background the script returns at once; `done` appears when the
+-- command has ended. The command gets a session of its own (setsid), so a
+-- timeout can kill it together with its children.
+local function runner_script(dir, command, background)
+    local run = str_format(
+        "$S /bin/sh -c %s >%s/out 2>%s/err </dev/null",
+        shell_quote(command),
+        dir,
+        dir
+    )
+    local setsid = "S=; command -v setsid >/dev/null 2>&1 && S=setsid"
+    local head = str_format("umask 077 && mkdir %s || exit 1", dir)
+    local rc = str_format("echo $? >%s/rc", dir)
+    local done = str_format(": >%s/done", dir)
+    if not background then
+        return table.concat({
+            head,
+            setsid,
+            run,
+            rc,
+            done
+        }, "\n")
+    end
+    local sweep = str_format("sleep %d; rm -rf %s", ORPHAN_TTL, dir)
+    local pid = str_format("echo $! >%s/pid", dir)
+    local lines = {
+        head,
+        setsid,
+        "(",
+        run .. " &",
+        pid,
+        "wait $!",
+        rc,
+        done
+    }
+    local tail = ("\n" .. sweep) .. "\n) </dev/null >/dev/null 2>&1 &"
+    return table.concat(lines, "\n") .. tail
+end
+
+
+--- Starts `command` through /bin/sh; returns its private directory.
+local function launch(command, background)
+    run_count = run_count + 1
+    local dir = str_format(
+        "%s/ngx_aws_token.%d.%d.%d",
+        get_workdir(),
+        ngx.worker.pid(),
+        run_count,
+        math.floor(ngx_now() * 1000)
+    )
+    local rc = os.execute(runner_script(dir, PRELUDE .. command, background))
+    if rc ~= 0 and rc ~= true then
+        return nil, "could not create " .. dir
+    end
+    return dir, nil
+end
+
+
+--- Removes a run's private directory and what is in it.
+local function remove_dir(dir)
+    os.remove(dir .. "/out")
+    os.remove(dir .. "/err")
+    os.remove(dir .. "/rc")
+    os.remove(dir .. "/pid")
+    os.remove(dir .. "/done")
+    os.remove(dir)
+end
+
+
+--- Reads what the command left in `dir` and removes it; nil while busy.
+local function collect(dir)
+    local done = io.open(dir .. "/done", "rb")
+    if done == nil then
+        return nil
+    end
+    done:close()
+    local rc = read_file(dir .. "/rc")
+    local ____temp_1
+    if rc ~= nil then
+        ____temp_1 = tonumber(trim(rc))
+    else
+        ____temp_1 = nil
+    end
+    local outcome = {
+        status = ____temp_1,
+        stdout = read_file(dir .. "/out"),
+        stderr = read_file(dir .. "/err", 4096)
+    }
+    remove_dir(dir)
+    if outcome.status == nil then
+        outcome.failure = "the command's exit status is missing"
+    end
+    return outcome
+end
+
+
+--- Kills a background command and its children.
+local function kill_run(run)
+    run.killed = true
+    if run.proc ~= nil then
+        run.proc:kill(9)
+        return
+    end
+    if run.dir == nil then
+        return
+    end
+    local pid = read_file(run.dir .. "/pid")
+    local num = str_match(pid ~= nil and pid or "", "^%d+")
+    if num ~= nil then
+        local cmd = "kill -9 -- -%s 2>/dev/null || kill -9 %s 2>/dev/null"
+        os.execute(str_format(cmd, num, num))
+    end
+end
+
+
+--- Runs a command to its end, blocking this worker while it runs.
+local function run_blocking(command)
+    local dir, err = launch(command, false)
+    if dir == nil then
+        return {failure = err}
+    end
+    local outcome = collect(dir)
+    if outcome == nil then
+        remove_dir(dir)
+        return {failure = "the command did not finish"}
+    end
+    return outcome
+end
+
+
+--- Reads all of one of a process's streams; for a light thread.
+local function read_stream(proc, stream)
+    local data
+    local err
+    local partial
+    if stream == "stdout" then
+        data, err, partial = proc:stdout_read_all()
+    else
+        data, err, partial = proc:stderr_read_all()
+    end
+    if data ~= nil then
+        return data, nil
+    end
+    return partial, err
+end
+
+
+--- Runs a command through ngx.pipe; yields instead of blocking, so it needs
+-- a phase that can yield (a timer).
+local function run_pipe(pipe, command, run)
+    local proc, err = pipe.spawn({"/bin/sh", "-c", PRELUDE .. command})
+    if proc == nil then
+        return {failure = "could not start the command: " .. err}
+    end
+    run.proc = proc
+    ngx_update_time()
+    local ms = math.max(
+        1,
+        math.floor((run.deadline - ngx_now()) * 1000)
+    )
+    proc:set_timeouts(ms, ms, ms, ms)
+    local reader = ngx.thread.spawn(read_stream, proc, "stderr")
+    local stdout, read_err = read_stream(proc, "stdout")
+    local _, stderr = ngx.thread.wait(reader)
+    if read_err ~= nil then
+        kill_run(run)
+        proc:wait()
+        if read_err == "timeout" then
+            return {failure = "timed out", stderr = stderr}
+        end
+        return {failure = "could not read its output: " .. read_err}
+    end
+    local ok, reason, status = proc:wait()
+    if ok == nil then
+        kill_run(run)
+        return {failure = "could not wait for it: " .. reason}
+    end
+    if reason == "signal" then
+        return {
+            failure = "killed by signal " .. tostring(status),
+            stderr = stderr
+        }
+    end
+    return {status = status, stdout = stdout, stderr = stderr}
+end
+
+
+--- Turns what a command printed into the value to store, or says why it
+-- must not replace the token there. A header value must be one line.
+local function evaluate(outcome, transform)
+    if outcome.failure ~= nil then
+        return nil, outcome.failure
+    end
+    if outcome.status ~= 0 then
+        return nil, "exit status " .. tostring(outcome.status)
+    end
+    local output = trim(outcome.stdout ~= nil and outcome.stdout or "")
+    if output == "" then
+        return nil, "empty output"
+    end
+    if has_control(output) then
+        return nil, "control characters in output"
+    end
+    if transform == nil then
+        return output, nil
+    end
+    local ok, value = pcall(transform, output)
+    if not ok then
+        return nil, "transform failed: " .. tostring(value)
+    end
+    if type(value) ~= "string" then
+        return nil, "transform returned a " .. type(value)
+    end
+    if value == "" or has_control(value) then
+        return nil, "transform returned an empty or bad value"
+    end
+    return value, nil
+end
+
+
+--- The hint to log when the worker cannot know the AWS credentials.
+local function env_hint()
+    for _, name in ipairs(CREDENTIAL_VARS) do
+        if os.getenv(name) ~= nil then
+            return ""
+        end
+    end
+    return ENV_HINT
+end
+
+
+--- Stores a fresh value; false when the dict refused it.
+local function store(dict, name, value)
+    local ok, err, forcible = dict:set(name, value)
+    if not ok then
+        ngx_log(
+            ERR,
+            "ngx_aws_token: could not store token \"",
+            name,
+            "\" in lua_shared_dict ",
+            storage_name ~= nil and storage_name or "?",
+            ": ",
+            err ~= nil and err or "unknown error",
+            "; raise the size in its lua_shared_dict directive"
+        )
+        return false
+    end
+    if forcible then
+        ngx_log(
+            ERR,
+            "ngx_aws_token: storing token \"",
+            name,
+            "\" evicted other keys from lua_shared_dict ",
+            storage_name ~= nil and storage_name or "?",
+            "; raise the size in its lua_shared_dict directive"
+        )
+    end
+    return true
+end
+
+
+--- Acts on what a run of a job's command gave.
+local function complete(name, run, outcome)
+    local job = jobs[name]
+    if job == nil or job.run ~= run then
+        return
+    end
+    job.run = nil
+    if run.discard then
+        return
+    end
+    if run.killed and outcome.failure == nil then
+        outcome = {failure = "timed out", stderr = outcome.stderr}
+    end
+    if outcome.failure == "timed out" then
+        outcome.failure = ("timed out after " .. tostring(job.timeout)) .. " s"
+    end
+    ngx_update_time()
+    local now = ngx_now()
+    local value, reason = evaluate(outcome, job.transform)
+    local dict = storage ~= nil and storage or find_storage()
+    if value ~= nil and dict ~= nil and store(dict, name, value) then
+        ngx_log(INFO, "ngx_aws_token: refreshed token \"", name, "\"")
+        if job.once then
+            jobs[name] = nil
+            return
+        end
+        job.due = now + job.interval
+        return
+    end
+    if value ~= nil and dict == nil then
+        ngx_log(WARN, "ngx_aws_token: no storage for token \"", name, "\"")
+    elseif reason ~= nil then
+        local hint = outcome.status ~= nil and outcome.status ~= 0
+        ngx_log(
+            WARN,
+            "ngx_aws_token: could not refresh token \"",
+            name,
+            "\": ",
+            redact(reason, outcome.stdout),
+            excerpt(outcome.stderr, outcome.stdout),
+            hint and env_hint() or "",
+            "; keeping the current token, retrying in ",
+            job.retry,
+            " s"
+        )
+    end
+    job.due = now + job.retry
+end
+
+
+--- A timer that runs one command through ngx.pipe.
+local function pipe_timer(premature, name, run)
+    local job = jobs[name]
+    if premature or ngx_pipe == nil or job == nil then
+        return
+    end
+    complete(
+        name,
+        run,
+        run_pipe(ngx_pipe, job.command, run)
+    )
+end
+
+
+--- Starts a job's command without waiting for it.
+local function start(job, now)
+    local run = {deadline = now + job.timeout, killed = false, discard = false}
+    job.run = run
+    if ngx_pipe ~= nil then
+        local ok, err = ngx_timer_at(0, pipe_timer, job.name, run)
+        if not ok then
+            complete(job.name, run, {failure = "no timer: " .. err})
+        end
+        return
+    end
+    local dir, err = launch(job.command, true)
+    if dir == nil then
+        complete(job.name, run, {failure = err})
+        return
+    end
+    run.dir = dir
+end
+
+
+--- Looks whether a background command has ended; kills it when late.
+local function poll(job, run, now)
+    local dir = run.dir
+    if dir == nil then
+        return
+    end
+    local outcome = collect(dir)
+    if outcome ~= nil then
+        complete(job.name, run, outcome)
+        return
+    end
+    if now < run.deadline then
+        return
+    end
+    if not run.killed then
+        kill_run(run)
+        return
+    end
+    if now >= run.deadline + KILL_GRACE then
+        os.execute("rm -rf " .. dir)
+        complete(job.name, run, {failure = "timed out"})
+    end
+end
+
+
+--- Kills every background command on worker exit and removes its files.
+local function abandon_all()
+    for _, job in pairs(jobs) do
+        local run = job.run
+        if run ~= nil and run.dir ~= nil then
+            kill_run(run)
+            os.execute("rm -rf " .. run.dir)
+            job.run = nil
+        end
+    end
+end
+
+
+--- The worker's one timer: starts due jobs and watches running ones.
+local function tick(premature)
+    if premature then
+        abandon_all()
+        return
+    end
+    ngx_update_time()
+    local now = ngx_now()
+    for _, job in pairs(jobs) do
+        local run = job.run
+        if run ~= nil then
+            poll(job, run, now)
+        elseif now >= job.due then
+            start(job, now)
+        end
+    end
+end
+
+
+--- Starts the worker's timer once, and a first look right away.
+local function ensure_ticking()
+    if not ticking then
+        local ok, err = ngx_timer_every(TICK, tick)
+        if not ok then
+            return nil, err
+        end
+        ticking = true
+        local how = ngx_pipe ~= nil and "through ngx.pipe" or "in the "
+            .. "background through /bin/sh (no ngx.pipe in this build)"
+        ngx_log(NOTICE, "ngx_aws_token: running commands ", how)
+    end
+    local ok, err = ngx_timer_at(0, tick)
+    if not ok then
+        return nil, err
+    end
+    return true, nil
+end
+
+
+local function seconds_ok(value)
+    return type(value) == "number" and value > 0 and value < math.huge
+end
+
+
+--- Why the arguments of rotate() or manage() are wrong, if they are.
+local function check_args(fn, name, command, arg)
+    if type(name) ~= "string" or name == "" then
+        return nil, fn .. "() wants a token name (a string)"
+    end
+    if has_control(name) then
+        return nil, fn .. "() wants a name without control bytes"
+    end
+    if type(command) ~= "string" or trim(command) == "" then
+        return nil, fn .. "() wants a command (a string)"
+    end
+    if storage == nil then
+        return nil, ("call set_storage() before " .. fn) .. "()"
+    end
+    if arg == nil then
+        return {}, nil
+    end
+    if type(arg) == "function" then
+        return {transform = arg}, nil
+    end
+    if type(arg) ~= "table" then
+        return nil, fn .. "() wants a transform function or an options table"
+    end
+    local opts = arg
+    for key, value in pairs(opts) do
+        local kind = OPTIONS[key]
+        if kind == nil then
+            return nil, ((fn .. "() has no option \"") .. key) .. "\""
+        end
+        if type(value) ~= kind then
+            local msg = "%s() option \"%s\" is not a %s"
+            return nil, str_format(msg, fn, key, kind)
+        end
+        if kind == "number" and not seconds_ok(value) then
+            return nil, ((fn .. "() option \"") .. key) .. "\" must be > 0"
+        end
+    end
+    return opts, nil
+end
+
+
+local function schedule(name, command, opts, once)
+    ngx_update_time()
+    local job = {
+        name = name,
+        command = command,
+        transform = opts.transform,
+        interval = opts.interval ~= nil and opts.interval or default_interval,
+        retry = opts.retry ~= nil and opts.retry or default_retry,
+        timeout = opts.timeout ~= nil and opts.timeout or DEFAULT_TIMEOUT,
+        once = once,
+        due = ngx_now()
+    }
+    local old = jobs[name]
+    if old ~= nil and old.run ~= nil then
+        old.run.discard = true
+        kill_run(old.run)
+        job.run = old.run
+    end
+    jobs[name] = job
+    local ok, err = ensure_ticking()
+    if not ok then
+        ngx_log(
+            ERR,
+            "ngx_aws_token: cannot schedule \"",
+            name,
+            "\": ",
+            err
+        )
+        return nil, "no timer: " .. err
+    end
+    return true, nil
+end
+
+
+--- Sets the lua_shared_dict that holds the tokens. Workers that never call
+-- it find the dict too, once any worker has.
+function ____exports.set_storage(dict)
+    local name = dict_name(dict)
+    if name == nil then
+        local msg = "set_storage() wants a lua_shared_dict (%s), got a %s"
+        error(
+            str_format(
+                msg,
+                "e.g. ngx.shared.my_aws_tokens",
+                type(dict)
+            ),
+            2
+        )
+    end
+    storage = dict
+    storage_name = name
+    dict:set(MARK, true)
+end
+
+
+--- Fetches the token `name` now, from a timer, and again every `interval`
+-- seconds; a failure is retried after `retry` seconds.
+function ____exports.rotate(name, command, options)
+    local opts, bad = check_args("rotate", name, command, options)
+    if opts == nil then
+        return error(bad, 2)
+    end
+    return schedule(name, command, opts, false)
+end
+
+
+--- Fetches the token `name` once, from a timer, retrying until it is
+-- stored. (1.0 API.)
+function ____exports.manage(name, command, options)
+    local opts, bad = check_args("manage", name, command, options)
+    if opts == nil then
+        return error(bad, 2)
+    end
+    return schedule(name, command, opts, true)
+end
+
+
+--- Runs `command` now and returns the value it gives, or `nil, err`.
+-- Blocks the worker unless ngx.pipe is there and the phase can yield.
+-- (1.0 API.)
+function ____exports.create(command, transform)
+    if type(command) ~= "string" or trim(command) == "" then
+        error("create() wants a command (a non-empty string)", 2)
+    end
+    if transform ~= nil and type(transform) ~= "function" then
+        error("create() wants a transform function", 2)
+    end
+    local outcome
+    if ngx_pipe ~= nil and YIELDABLE[ngx.get_phase()] == true then
+        ngx_update_time()
+        local run = {
+            deadline = ngx_now() + DEFAULT_TIMEOUT,
+            killed = false,
+            discard = false
+        }
+        outcome = run_pipe(ngx_pipe, command, run)
+    else
+        outcome = run_blocking(command)
+    end
+    local value, reason = evaluate(outcome, transform)
+    if value == nil then
+        return nil, redact(reason, outcome.stdout)
+    end
+    return value, nil
+end
+
+
+--- The current value of token `name`, or `nil, err`. Called per request:
+-- one dict read and nothing else.
+function ____exports.token(name)
+    if type(name) ~= "string" then
+        error("token() wants a token name (a string)", 2)
+    end
+    local dict = storage ~= nil and storage or find_storage()
+    if dict == nil then
+        return nil, "no storage"
+    end
+    local value = dict:get(name)
+    if value == nil then
+        return nil, "not ready"
+    end
+    return value, nil
+end
+
+
+--- Seconds between fetches for rotate() calls made after it. (1.0 API.)
+function ____exports.set_interval(seconds)
+    if not seconds_ok(seconds) then
+        error("set_interval() wants a positive number of seconds", 2)
+    end
+    default_interval = seconds
+end
+
+
+--- Seconds before a failed fetch is retried, for later calls. (1.0 API.)
+function ____exports.set_retry(seconds)
+    if not seconds_ok(seconds) then
+        error("set_retry() wants a positive number of seconds", 2)
+    end
+    default_retry = seconds
+end
+____exports._VERSION = VERSION
+return ____exports

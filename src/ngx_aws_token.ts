@@ -1,0 +1,928 @@
+/**
+ * ngx_aws_token: keeps short-lived AWS tokens (ECR, CodeArtifact, ...)
+ * fresh in a lua_shared_dict, so any nginx worker can read them per request.
+ *
+ * Generated from src/ngx_aws_token.ts by TypeScriptToLua: edit that file,
+ * then run `make build`.
+ *
+ * Copyright (c) the ngx_aws_token authors. MIT licensed.
+ */
+
+const ngx_log = ngx.log;
+const ngx_now = ngx.now;
+const ngx_update_time = ngx.update_time;
+const ngx_timer_at = ngx.timer.at;
+const ngx_timer_every = ngx.timer.every;
+const WARN = ngx.WARN;
+const ERR = ngx.ERR;
+const INFO = ngx.INFO;
+const NOTICE = ngx.NOTICE;
+const str_find = string.find;
+const str_format = string.format;
+const str_gsub = string.gsub;
+const str_match = string.match;
+const str_sub = string.sub;
+
+const VERSION = "2.0.0";
+
+/** Seconds between two fetches of a token, as in 1.0: 6 hours. */
+const DEFAULT_INTERVAL = 6 * 60 * 60;
+
+/** Seconds before a failed fetch is tried again. */
+const DEFAULT_RETRY = 30;
+
+/** Seconds a command may run before it is killed. */
+const DEFAULT_TIMEOUT = 60;
+
+/** Seconds between two looks at the schedule and at running commands. */
+const TICK = 0.5;
+
+/** Seconds a killed command may take to report before it is abandoned. */
+const KILL_GRACE = 10;
+
+/**
+ * Seconds after a background command ends before its directory is swept,
+ * in case no worker is left to collect it (e.g. after `nginx -s stop`).
+ */
+const ORPHAN_TTL = 60;
+
+/** Bytes of a command's stderr kept for the log. */
+const EXCERPT = 200;
+
+/**
+ * Keys of our own in the user's dict start with a NUL byte; token names
+ * may not contain control characters, so the two never collide.
+ */
+const MARK = "\0ngx_aws_token:storage";
+
+/**
+ * Runs before every command. The AWS CLI v2 pipes output through `less`
+ * unless AWS_PAGER is set to the empty string; slim images lack `less`.
+ */
+const PRELUDE = "AWS_PAGER=''; export AWS_PAGER\n";
+
+/** Where the AWS CLI looks for credentials, besides instance metadata. */
+const CREDENTIAL_VARS = [
+    "HOME",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+];
+
+const ENV_HINT = table.concat(
+    [
+        " (nginx workers have an empty environment: no HOME and no AWS_*",
+        "credentials; keep them with `env` directives in nginx.conf,",
+        "e.g. `env HOME;` or `env AWS_ACCESS_KEY_ID;`)",
+    ],
+    " "
+);
+
+/** Phases in which a light thread may yield (and ngx.pipe may wait). */
+const YIELDABLE: LuaTable<string, boolean> = new LuaTable();
+YIELDABLE.set("timer", true);
+YIELDABLE.set("rewrite", true);
+YIELDABLE.set("access", true);
+YIELDABLE.set("content", true);
+
+/** Options that rotate() and manage() accept, and their kind. */
+const OPTIONS: LuaTable<string, string> = new LuaTable();
+OPTIONS.set("transform", "function");
+OPTIONS.set("interval", "number");
+OPTIONS.set("retry", "number");
+OPTIONS.set("timeout", "number");
+
+type Transform = (this: void, output: string) => unknown;
+
+interface RotateOptions {
+    transform?: Transform;
+    interval?: number;
+    retry?: number;
+    timeout?: number;
+}
+
+/** What a command did: its exit status and output, or why it did not run. */
+interface Outcome {
+    status?: number;
+    stdout?: string;
+    stderr?: string;
+    /** The runner's own failure: could not start, timed out. */
+    failure?: string;
+}
+
+/** One run of a command, as long as it is in progress. */
+interface Run {
+    /** The background runner's private directory; none with ngx.pipe. */
+    dir?: string;
+    deadline: number;
+    proc?: NgxPipeProc;
+    killed: boolean;
+    /** Set when rotate() replaced the job: the outcome is dropped. */
+    discard: boolean;
+}
+
+interface Job {
+    name: string;
+    command: string;
+    transform?: Transform;
+    interval: number;
+    retry: number;
+    timeout: number;
+    /** manage(): stop once a token is stored. */
+    once: boolean;
+    due: number;
+    run?: Run;
+}
+
+type Result<T> = LuaMultiReturn<[T, undefined] | [undefined, string]>;
+
+let storage: NgxSharedDict | undefined;
+let storage_name: string | undefined;
+let default_interval = DEFAULT_INTERVAL;
+let default_retry = DEFAULT_RETRY;
+const jobs: LuaTable<string, Job> = new LuaTable();
+let ticking = false;
+let run_count = 0;
+let workdir: string | undefined;
+
+const [has_pipe, pipe_or_err] = pcall(require, "ngx.pipe");
+const ngx_pipe: NgxPipeModule | undefined = has_pipe
+    ? (pipe_or_err as NgxPipeModule)
+    : undefined;
+
+
+/** Strips leading and trailing whitespace. */
+function trim(s: string): string {
+    const [out] = str_gsub(s, "^%s+", "");
+    const [res] = str_gsub(out, "%s+$", "");
+    return res;
+}
+
+
+/** True when `s` holds a control character (CR, LF, NUL, TAB, ...). */
+function has_control(s: string): boolean {
+    const [at] = str_find(s, "%c");
+    return at !== undefined;
+}
+
+
+/** Wraps `s` in single quotes for /bin/sh. */
+function shell_quote(s: string): string {
+    const [quoted] = str_gsub(s, "'", "'\\''");
+    return "'" + quoted + "'";
+}
+
+
+/**
+ * Replaces every occurrence of `secret` in `text`, so a message that
+ * echoes a command's output cannot carry a token into the log.
+ */
+function redact(text: string, secret: string | undefined): string {
+    if (secret === undefined || secret.length < 4) {
+        return text;
+    }
+
+    let out = "";
+    let from = 1;
+    for (;;) {
+        const [s, e] = str_find(text, secret, from, true);
+        if (s === undefined || e === undefined) {
+            return out + str_sub(text, from);
+        }
+        out = out + str_sub(text, from, s - 1) + "<redacted>";
+        from = e + 1;
+    }
+}
+
+
+/** A short, single-line excerpt of a command's stderr for the log. */
+function excerpt(stderr: string | undefined, secret: string | undefined) {
+    if (stderr === undefined) {
+        return "";
+    }
+
+    const [flat] = str_gsub(redact(trim(stderr), secret), "%c+", " ");
+    if (flat === "") {
+        return "";
+    }
+    if (flat.length > EXCERPT) {
+        return ": " + str_sub(flat, 1, EXCERPT) + "...";
+    }
+    return ": " + flat;
+}
+
+
+/** The name under which `dict` is declared, if it is a lua_shared_dict. */
+function dict_name(dict: unknown): string | undefined {
+    for (const [name, zone] of ngx.shared) {
+        if (zone === dict) {
+            return name;
+        }
+    }
+    return undefined;
+}
+
+
+/**
+ * Finds the dict another worker passed to set_storage(): the 1.0 README
+ * calls it on worker 0 only, yet reads tokens on every worker.
+ */
+function find_storage(): NgxSharedDict | undefined {
+    for (const [name, zone] of ngx.shared) {
+        const [mark] = zone.get(MARK);
+        if (mark !== undefined) {
+            storage = zone;
+            storage_name = name;
+            return zone;
+        }
+    }
+    return undefined;
+}
+
+
+function read_file(path: string, limit?: number): string | undefined {
+    const [f] = io.open(path, "rb");
+    if (f === undefined) {
+        return undefined;
+    }
+
+    const data = limit !== undefined ? f.read(limit) : f.read("*a");
+    f.close();
+    return data !== undefined ? data : "";
+}
+
+
+/**
+ * The directory for command output: tmpfs where there is one, so a token
+ * never reaches a disk.
+ */
+function get_workdir(): string {
+    if (workdir === undefined) {
+        const [shm] = io.open("/dev/shm", "rb");
+        if (shm !== undefined) {
+            shm.close();
+            workdir = "/dev/shm";
+        } else {
+            workdir = "/tmp";
+        }
+    }
+    return workdir;
+}
+
+
+/**
+ * The shell script that runs `command` with its stdout, stderr and exit
+ * status going to files in `dir`, a directory only this user can read.
+ * io.popen():close() cannot be trusted with the exit status under nginx:
+ * without Lua 5.2 compatibility it returns true for any command, and
+ * nginx's SIGCHLD handler may reap the child first.
+ *
+ * In the background the script returns at once; `done` appears when the
+ * command has ended. The command gets a session of its own (setsid), so a
+ * timeout can kill it together with its children.
+ */
+function runner_script(dir: string, command: string, background: boolean) {
+    const run = str_format(
+        "$S /bin/sh -c %s >%s/out 2>%s/err </dev/null",
+        shell_quote(command),
+        dir,
+        dir
+    );
+    const setsid = "S=; command -v setsid >/dev/null 2>&1 && S=setsid";
+    const head = str_format("umask 077 && mkdir %s || exit 1", dir);
+    const rc = str_format("echo $? >%s/rc", dir);
+    const done = str_format(": >%s/done", dir);
+    if (!background) {
+        return table.concat([head, setsid, run, rc, done], "\n");
+    }
+
+    // a worker that dies before collecting leaves no output behind for long
+    const sweep = str_format("sleep %d; rm -rf %s", ORPHAN_TTL, dir);
+    const pid = str_format("echo $! >%s/pid", dir);
+    const lines = [head, setsid, "(", run + " &", pid, "wait $!", rc, done];
+    const tail = "\n" + sweep + "\n) </dev/null >/dev/null 2>&1 &";
+    return table.concat(lines, "\n") + tail;
+}
+
+
+/** Starts `command` through /bin/sh; returns its private directory. */
+function launch(command: string, background: boolean): Result<string> {
+    run_count = run_count + 1;
+    const dir = str_format(
+        "%s/ngx_aws_token.%d.%d.%d",
+        get_workdir(),
+        ngx.worker.pid(),
+        run_count,
+        Math.floor(ngx_now() * 1000)
+    );
+
+    const rc: unknown = os.execute(
+        runner_script(dir, PRELUDE + command, background)
+    );
+    // LuaJIT gives the raw status; with 5.2 compatibility, true on success.
+    if (rc !== 0 && rc !== true) {
+        return $multi(undefined, "could not create " + dir);
+    }
+    return $multi(dir, undefined);
+}
+
+
+/** Removes a run's private directory and what is in it. */
+function remove_dir(dir: string) {
+    os.remove(dir + "/out");
+    os.remove(dir + "/err");
+    os.remove(dir + "/rc");
+    os.remove(dir + "/pid");
+    os.remove(dir + "/done");
+    os.remove(dir);
+}
+
+
+/** Reads what the command left in `dir` and removes it; nil while busy. */
+function collect(dir: string): Outcome | undefined {
+    const [done] = io.open(dir + "/done", "rb");
+    if (done === undefined) {
+        return undefined;
+    }
+    done.close();
+
+    const rc = read_file(dir + "/rc");
+    const outcome: Outcome = {
+        status: rc !== undefined ? tonumber(trim(rc)) : undefined,
+        stdout: read_file(dir + "/out"),
+        stderr: read_file(dir + "/err", 4096),
+    };
+    remove_dir(dir);
+    if (outcome.status === undefined) {
+        outcome.failure = "the command's exit status is missing";
+    }
+    return outcome;
+}
+
+
+/** Kills a background command and its children. */
+function kill_run(run: Run) {
+    run.killed = true;
+    if (run.proc !== undefined) {
+        run.proc.kill(9);
+        return;
+    }
+    if (run.dir === undefined) {
+        return;
+    }
+
+    const pid = read_file(run.dir + "/pid");
+    const [num] = str_match(pid !== undefined ? pid : "", "^%d+");
+    if (num !== undefined) {
+        const cmd = "kill -9 -- -%s 2>/dev/null || kill -9 %s 2>/dev/null";
+        os.execute(str_format(cmd, num, num));
+    }
+}
+
+
+/** Runs a command to its end, blocking this worker while it runs. */
+function run_blocking(command: string): Outcome {
+    const [dir, err] = launch(command, false);
+    if (dir === undefined) {
+        return { failure: err };
+    }
+
+    const outcome = collect(dir);
+    if (outcome === undefined) {
+        remove_dir(dir);
+        return { failure: "the command did not finish" };
+    }
+    return outcome;
+}
+
+
+/** Reads all of one of a process's streams; for a light thread. */
+function read_stream(
+    this: void,
+    proc: NgxPipeProc,
+    stream: "stdout" | "stderr"
+): LuaMultiReturn<[string | undefined, string | undefined]> {
+    let data, err, partial;
+    if (stream === "stdout") {
+        [data, err, partial] = proc.stdout_read_all();
+    } else {
+        [data, err, partial] = proc.stderr_read_all();
+    }
+    if (data !== undefined) {
+        return $multi(data, undefined);
+    }
+    return $multi(partial, err);
+}
+
+
+/**
+ * Runs a command through ngx.pipe; yields instead of blocking, so it needs
+ * a phase that can yield (a timer).
+ */
+function run_pipe(pipe: NgxPipeModule, command: string, run: Run): Outcome {
+    const [proc, err] = pipe.spawn(["/bin/sh", "-c", PRELUDE + command]);
+    if (proc === undefined) {
+        return { failure: "could not start the command: " + err };
+    }
+    run.proc = proc;
+
+    ngx_update_time();
+    const ms = Math.max(1, Math.floor((run.deadline - ngx_now()) * 1000));
+    proc.set_timeouts(ms, ms, ms, ms);
+
+    // stderr is drained beside stdout: a full stderr pipe would stall both
+    const reader = ngx.thread.spawn(read_stream, proc, "stderr");
+    const [stdout, read_err] = read_stream(proc, "stdout");
+    const [, stderr] = ngx.thread.wait(reader);
+
+    if (read_err !== undefined) {
+        kill_run(run);
+        proc.wait();
+        if (read_err === "timeout") {
+            return { failure: "timed out", stderr: stderr };
+        }
+        return { failure: "could not read its output: " + read_err };
+    }
+
+    const [ok, reason, status] = proc.wait();
+    if (ok === undefined) {
+        kill_run(run);
+        return { failure: "could not wait for it: " + reason };
+    }
+    if (reason === "signal") {
+        return { failure: "killed by signal " + status, stderr: stderr };
+    }
+    return { status: status, stdout: stdout, stderr: stderr };
+}
+
+
+/**
+ * Turns what a command printed into the value to store, or says why it
+ * must not replace the token there. A header value must be one line.
+ */
+function evaluate(outcome: Outcome, transform?: Transform): Result<string> {
+    if (outcome.failure !== undefined) {
+        return $multi(undefined, outcome.failure);
+    }
+    if (outcome.status !== 0) {
+        return $multi(undefined, "exit status " + outcome.status);
+    }
+
+    const output = trim(outcome.stdout !== undefined ? outcome.stdout : "");
+    if (output === "") {
+        return $multi(undefined, "empty output");
+    }
+    if (has_control(output)) {
+        return $multi(undefined, "control characters in output");
+    }
+    if (transform === undefined) {
+        return $multi(output, undefined);
+    }
+
+    const [ok, value] = pcall(transform, output);
+    if (!ok) {
+        return $multi(undefined, "transform failed: " + tostring(value));
+    }
+    if (typeof value !== "string") {
+        return $multi(undefined, "transform returned a " + type(value));
+    }
+    if (value === "" || has_control(value)) {
+        return $multi(undefined, "transform returned an empty or bad value");
+    }
+    return $multi(value, undefined);
+}
+
+
+/** The hint to log when the worker cannot know the AWS credentials. */
+function env_hint(): string {
+    for (const name of CREDENTIAL_VARS) {
+        if (os.getenv(name) !== undefined) {
+            return "";
+        }
+    }
+    return ENV_HINT;
+}
+
+
+/** Stores a fresh value; false when the dict refused it. */
+function store(dict: NgxSharedDict, name: string, value: string) {
+    const [ok, err, forcible] = dict.set(name, value);
+    if (!ok) {
+        ngx_log(
+            ERR,
+            'ngx_aws_token: could not store token "',
+            name,
+            '" in lua_shared_dict ',
+            storage_name !== undefined ? storage_name : "?",
+            ": ",
+            err !== undefined ? err : "unknown error",
+            "; raise the size in its lua_shared_dict directive"
+        );
+        return false;
+    }
+    if (forcible) {
+        ngx_log(
+            ERR,
+            'ngx_aws_token: storing token "',
+            name,
+            '" evicted other keys from lua_shared_dict ',
+            storage_name !== undefined ? storage_name : "?",
+            "; raise the size in its lua_shared_dict directive"
+        );
+    }
+    return true;
+}
+
+
+/** Acts on what a run of a job's command gave. */
+function complete(name: string, run: Run, outcome: Outcome) {
+    const job = jobs.get(name);
+    if (job === undefined || job.run !== run) {
+        return;
+    }
+    job.run = undefined;
+    if (run.discard) {
+        return;
+    }
+    if (run.killed && outcome.failure === undefined) {
+        outcome = { failure: "timed out", stderr: outcome.stderr };
+    }
+    if (outcome.failure === "timed out") {
+        outcome.failure = `timed out after ${job.timeout} s`;
+    }
+
+    ngx_update_time();
+    const now = ngx_now();
+    const [value, reason] = evaluate(outcome, job.transform);
+    const dict = storage !== undefined ? storage : find_storage();
+
+    if (value !== undefined && dict !== undefined && store(dict, name, value)) {
+        ngx_log(INFO, 'ngx_aws_token: refreshed token "', name, '"');
+        if (job.once) {
+            jobs.delete(name);
+            return;
+        }
+        job.due = now + job.interval;
+        return;
+    }
+
+    if (value !== undefined && dict === undefined) {
+        ngx_log(WARN, 'ngx_aws_token: no storage for token "', name, '"');
+    } else if (reason !== undefined) {
+        const hint = outcome.status !== undefined && outcome.status !== 0;
+        ngx_log(
+            WARN,
+            'ngx_aws_token: could not refresh token "',
+            name,
+            '": ',
+            redact(reason, outcome.stdout),
+            excerpt(outcome.stderr, outcome.stdout),
+            hint ? env_hint() : "",
+            "; keeping the current token, retrying in ",
+            job.retry,
+            " s"
+        );
+    }
+    job.due = now + job.retry;
+}
+
+
+/** A timer that runs one command through ngx.pipe. */
+function pipe_timer(this: void, premature: boolean, name: string, run: Run) {
+    const job = jobs.get(name);
+    if (premature || ngx_pipe === undefined || job === undefined) {
+        return;
+    }
+    complete(name, run, run_pipe(ngx_pipe, job.command, run));
+}
+
+
+/** Starts a job's command without waiting for it. */
+function start(job: Job, now: number) {
+    const run: Run = {
+        deadline: now + job.timeout,
+        killed: false,
+        discard: false,
+    };
+    job.run = run;
+
+    if (ngx_pipe !== undefined) {
+        const [ok, err] = ngx_timer_at(0, pipe_timer, job.name, run);
+        if (!ok) {
+            complete(job.name, run, { failure: "no timer: " + err });
+        }
+        return;
+    }
+
+    const [dir, err] = launch(job.command, true);
+    if (dir === undefined) {
+        complete(job.name, run, { failure: err });
+        return;
+    }
+    run.dir = dir;
+}
+
+
+/** Looks whether a background command has ended; kills it when late. */
+function poll(job: Job, run: Run, now: number) {
+    const dir = run.dir;
+    if (dir === undefined) {
+        // ngx.pipe: its own timer waits for the command and its timeouts
+        return;
+    }
+
+    const outcome = collect(dir);
+    if (outcome !== undefined) {
+        complete(job.name, run, outcome);
+        return;
+    }
+    if (now < run.deadline) {
+        return;
+    }
+    if (!run.killed) {
+        kill_run(run);
+        return;
+    }
+    if (now >= run.deadline + KILL_GRACE) {
+        // it ignored SIGKILL's aftermath; give up on it and its files
+        os.execute("rm -rf " + dir);
+        complete(job.name, run, { failure: "timed out" });
+    }
+}
+
+
+/** Kills every background command on worker exit and removes its files. */
+function abandon_all() {
+    for (const [, job] of jobs) {
+        const run = job.run;
+        if (run !== undefined && run.dir !== undefined) {
+            kill_run(run);
+            os.execute("rm -rf " + run.dir);
+            job.run = undefined;
+        }
+    }
+}
+
+
+/** The worker's one timer: starts due jobs and watches running ones. */
+function tick(this: void, premature: boolean) {
+    if (premature) {
+        abandon_all();
+        return;
+    }
+
+    ngx_update_time();
+    const now = ngx_now();
+    for (const [, job] of jobs) {
+        const run = job.run;
+        if (run !== undefined) {
+            poll(job, run, now);
+        } else if (now >= job.due) {
+            start(job, now);
+        }
+    }
+}
+
+
+/** Starts the worker's timer once, and a first look right away. */
+function ensure_ticking(): Result<true> {
+    if (!ticking) {
+        const [ok, err] = ngx_timer_every(TICK, tick);
+        if (!ok) {
+            return $multi(undefined, err);
+        }
+        ticking = true;
+        const how = ngx_pipe !== undefined ? "through ngx.pipe" : "in the "
+            + "background through /bin/sh (no ngx.pipe in this build)";
+        ngx_log(NOTICE, "ngx_aws_token: running commands ", how);
+    }
+
+    const [ok, err] = ngx_timer_at(0, tick);
+    if (!ok) {
+        return $multi(undefined, err);
+    }
+    return $multi(true, undefined);
+}
+
+
+function seconds_ok(value: unknown): boolean {
+    return typeof value === "number" && value > 0 && value < Infinity;
+}
+
+
+/** Why the arguments of rotate() or manage() are wrong, if they are. */
+function check_args(
+    fn: string,
+    name: unknown,
+    command: unknown,
+    arg: unknown
+): Result<RotateOptions> {
+    if (typeof name !== "string" || name === "") {
+        return $multi(undefined, `${fn}() wants a token name (a string)`);
+    }
+    if (has_control(name)) {
+        return $multi(undefined, `${fn}() wants a name without control bytes`);
+    }
+    if (typeof command !== "string" || trim(command) === "") {
+        return $multi(undefined, `${fn}() wants a command (a string)`);
+    }
+    if (storage === undefined) {
+        return $multi(undefined, `call set_storage() before ${fn}()`);
+    }
+    if (arg === undefined) {
+        return $multi({}, undefined);
+    }
+    if (typeof arg === "function") {
+        return $multi({ transform: arg as Transform }, undefined);
+    }
+    if (typeof arg !== "object") {
+        return $multi(
+            undefined,
+            `${fn}() wants a transform function or an options table`
+        );
+    }
+
+    const opts = arg as LuaTable<string, unknown>;
+    for (const [key, value] of opts) {
+        const kind = OPTIONS.get(key);
+        if (kind === undefined) {
+            return $multi(undefined, `${fn}() has no option "${key}"`);
+        }
+        if (type(value) !== kind) {
+            const msg = '%s() option "%s" is not a %s';
+            return $multi(undefined, str_format(msg, fn, key, kind));
+        }
+        if (kind === "number" && !seconds_ok(value)) {
+            return $multi(undefined, `${fn}() option "${key}" must be > 0`);
+        }
+    }
+    return $multi(opts as RotateOptions, undefined);
+}
+
+
+function schedule(
+    name: string,
+    command: string,
+    opts: RotateOptions,
+    once: boolean
+): Result<true> {
+    ngx_update_time();
+    const job: Job = {
+        name: name,
+        command: command,
+        transform: opts.transform,
+        interval:
+            opts.interval !== undefined ? opts.interval : default_interval,
+        retry: opts.retry !== undefined ? opts.retry : default_retry,
+        timeout: opts.timeout !== undefined ? opts.timeout : DEFAULT_TIMEOUT,
+        once: once,
+        due: ngx_now(),
+    };
+
+    // a command still running for the old schedule is stopped; the new
+    // one starts when it has gone
+    const old = jobs.get(name);
+    if (old !== undefined && old.run !== undefined) {
+        old.run.discard = true;
+        kill_run(old.run);
+        job.run = old.run;
+    }
+    jobs.set(name, job);
+
+    const [ok, err] = ensure_ticking();
+    if (!ok) {
+        ngx_log(ERR, 'ngx_aws_token: cannot schedule "', name, '": ', err);
+        return $multi(undefined, "no timer: " + err);
+    }
+    return $multi(true, undefined);
+}
+
+
+/**
+ * Sets the lua_shared_dict that holds the tokens. Workers that never call
+ * it find the dict too, once any worker has.
+ */
+export function set_storage(dict: NgxSharedDict): void {
+    const name = dict_name(dict);
+    if (name === undefined) {
+        const msg = "set_storage() wants a lua_shared_dict (%s), got a %s";
+        error(str_format(msg, "e.g. ngx.shared.my_aws_tokens", type(dict)), 2);
+    }
+    storage = dict;
+    storage_name = name;
+    dict.set(MARK, true);
+}
+
+
+/**
+ * Fetches the token `name` now, from a timer, and again every `interval`
+ * seconds; a failure is retried after `retry` seconds.
+ */
+export function rotate(
+    name: string,
+    command: string,
+    options?: Transform | RotateOptions
+): Result<true> {
+    const [opts, bad] = check_args("rotate", name, command, options);
+    if (opts === undefined) {
+        return error(bad, 2);
+    }
+    return schedule(name, command, opts, false);
+}
+
+
+/**
+ * Fetches the token `name` once, from a timer, retrying until it is
+ * stored. (1.0 API.)
+ */
+export function manage(
+    name: string,
+    command: string,
+    options?: Transform | RotateOptions
+): Result<true> {
+    const [opts, bad] = check_args("manage", name, command, options);
+    if (opts === undefined) {
+        return error(bad, 2);
+    }
+    return schedule(name, command, opts, true);
+}
+
+
+/**
+ * Runs `command` now and returns the value it gives, or `nil, err`.
+ * Blocks the worker unless ngx.pipe is there and the phase can yield.
+ * (1.0 API.)
+ */
+export function create(command: string, transform?: Transform): Result<string> {
+    if (typeof command !== "string" || trim(command) === "") {
+        error("create() wants a command (a non-empty string)", 2);
+    }
+    if (transform !== undefined && typeof transform !== "function") {
+        error("create() wants a transform function", 2);
+    }
+
+    let outcome: Outcome;
+    if (ngx_pipe !== undefined && YIELDABLE.get(ngx.get_phase()) === true) {
+        ngx_update_time();
+        const run: Run = {
+            deadline: ngx_now() + DEFAULT_TIMEOUT,
+            killed: false,
+            discard: false,
+        };
+        outcome = run_pipe(ngx_pipe, command, run);
+    } else {
+        outcome = run_blocking(command);
+    }
+
+    const [value, reason] = evaluate(outcome, transform);
+    if (value === undefined) {
+        return $multi(undefined, redact(reason, outcome.stdout));
+    }
+    return $multi(value, undefined);
+}
+
+
+/**
+ * The current value of token `name`, or `nil, err`. Called per request:
+ * one dict read and nothing else.
+ */
+export function token(name: string): Result<string> {
+    if (typeof name !== "string") {
+        error("token() wants a token name (a string)", 2);
+    }
+
+    const dict = storage !== undefined ? storage : find_storage();
+    if (dict === undefined) {
+        return $multi(undefined, "no storage");
+    }
+    const [value] = dict.get(name);
+    if (value === undefined) {
+        return $multi(undefined, "not ready");
+    }
+    return $multi(value as string, undefined);
+}
+
+
+/** Seconds between fetches for rotate() calls made after it. (1.0 API.) */
+export function set_interval(seconds: number): void {
+    if (!seconds_ok(seconds)) {
+        error("set_interval() wants a positive number of seconds", 2);
+    }
+    default_interval = seconds;
+}
+
+
+/** Seconds before a failed fetch is retried, for later calls. (1.0 API.) */
+export function set_retry(seconds: number): void {
+    if (!seconds_ok(seconds)) {
+        error("set_retry() wants a positive number of seconds", 2);
+    }
+    default_retry = seconds;
+}
+
+
+export const _VERSION = VERSION;
