@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 LUA_OUT := lua/ngx_aws_token.lua
 APT_PACKAGES := nginx-light libnginx-mod-http-lua lua-resty-core luajit2 \
-	lua-busted luarocks awscli lua-cjson lua-check wrk curl
+	lua-busted luarocks awscli lua-cjson lua-check wrk curl procps
 
 .PHONY: all deps apt npm build check-built typecheck lint test demo bench clean
 
