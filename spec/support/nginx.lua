@@ -5,6 +5,9 @@ local cjson = require("cjson.safe")
 
 local _M = {}
 
+--- JSON null, to clear a stub setting.
+_M.null = cjson.null
+
 local ROOT = assert(io.popen("pwd")):read("*l")
 _M.ROOT = ROOT
 
@@ -160,7 +163,13 @@ end
 function Stub:requests()
     local _, body = http("GET", "http://127.0.0.1:" .. self.upstream
                                 .. "/_upstream/requests")
-    return cjson.decode(body)
+    local reqs = cjson.decode(body) or {}
+    for _, req in ipairs(reqs) do
+        if req.authorization == cjson.null then
+            req.authorization = nil
+        end
+    end
+    return reqs
 end
 
 
