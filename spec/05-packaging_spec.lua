@@ -1,0 +1,72 @@
+-- The three ways users get the module: luarocks with the rockspec, opm,
+-- and ADD of the one file. Each must give the same standalone file.
+
+local function read(path)
+    local f = assert(io.open(path, "rb"))
+    local data = f:read("*a")
+    f:close()
+    return data
+end
+
+
+local function sh(cmd)
+    local f = assert(io.popen(cmd .. " 2>&1; echo \"rc=$?\""))
+    local out = f:read("*a")
+    f:close()
+    local body, rc = out:match("^(.*)rc=(%d+)\n$")
+    return body, rc == "0"
+end
+
+
+describe("the shipped file lua/ngx_aws_token.lua", function()
+    local source = read("lua/ngx_aws_token.lua")
+
+    it("requires nothing but ngx.pipe, and that only under pcall", function()
+        local required = {}
+        for call in source:gmatch("[%w_.(]*require[^\n]*") do
+            required[#required + 1] = call
+        end
+        assert.same({ 'pcall(require, "ngx.pipe")' }, required)
+    end)
+
+    it("needs no TypeScriptToLua helper", function()
+        assert.falsy(source:find("lualib_bundle", 1, true))
+        assert.falsy(source:find("__TS__", 1, true))
+    end)
+
+    it("keeps within 80 columns", function()
+        local n = 0
+        for line in source:gmatch("[^\n]*") do
+            n = n + 1
+            assert(#line <= 80, "line " .. n .. " is " .. #line .. " long")
+        end
+    end)
+end)
+
+
+describe("the rockspec", function()
+    it("installs exactly lua/ngx_aws_token.lua as module ngx_aws_token",
+       function()
+        local tree = assert(sh("mktemp -d")):gsub("%s+$", "")
+        local out, ok = sh("luarocks make --tree " .. tree
+                           .. " ngx_aws_token-2.0.0-1.rockspec")
+        assert(ok, out)
+        local files = sh("cd " .. tree .. "/share/lua && find . -type f")
+        os.execute("cp " .. tree .. "/share/lua/5.1/ngx_aws_token.lua "
+                   .. tree .. "/installed.lua")
+        local installed = read(tree .. "/installed.lua")
+        os.execute("rm -rf " .. tree)
+        assert.equal("./5.1/ngx_aws_token.lua\n", files)
+        assert.equal(read("lua/ngx_aws_token.lua"), installed)
+    end)
+end)
+
+
+describe("dist.ini for opm", function()
+    it("names the shipped file as its main module", function()
+        local ini = read("dist.ini")
+        assert.truthy(ini:find("\nmain_module = lua/ngx_aws_token.lua\n",
+                               1, true))
+        assert.truthy(ini:find("\nlib_dir = lua\n", 1, true))
+    end)
+end)
