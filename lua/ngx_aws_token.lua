@@ -69,6 +69,10 @@ local ENV_HINT = table.concat({
     "credentials; keep them with `env` directives in nginx.conf,",
     "e.g. `env HOME;` or `env AWS_ACCESS_KEY_ID;`)"}, " ")
 
+--- The reason for a killed command; names the option that allows more.
+local TIMED_OUT = "timed out after %s s (raise the `timeout` option if the "
+    .. "command needs longer)"
+
 --- Phases in which a light thread may yield (and ngx.pipe may wait).
 local YIELDABLE = {}
 YIELDABLE.timer = true
@@ -334,7 +338,7 @@ local function kill_run(run)
     local pid = read_file(run.dir .. "/pid")
     local num = str_match(pid ~= nil and pid or "", "^%d+")
     if num ~= nil then
-        local cmd = "kill -9 -- -%s 2>/dev/null || kill -9 %s 2>/dev/null"
+        local cmd = "kill -9 -%s 2>/dev/null || kill -9 %s 2>/dev/null"
         os.execute(str_format(cmd, num, num))
     end
 end
@@ -397,6 +401,12 @@ local function run_pipe(pipe, command, run)
         end
         return {failure = "could not read its output: " .. read_err}
     end
+    ngx_update_time()
+    local left = math.max(
+        1,
+        math.floor((run.deadline - ngx_now()) * 1000)
+    )
+    proc:set_timeouts(nil, nil, nil, left)
     local ok, reason, status = proc:wait()
     if ok == nil then
         kill_run(run)
@@ -456,33 +466,65 @@ local function env_hint()
 end
 
 
---- Stores a fresh value; false when the dict refused it.
+--- Logs at ERR that the dict is too small, with what happened.
+local function log_full(name, what, err)
+    ngx_log(
+        ERR,
+        "ngx_aws_token: token \"",
+        name,
+        "\" ",
+        what,
+        " lua_shared_dict ",
+        storage_name ~= nil and storage_name or "?",
+        err ~= nil and (" (" .. err) .. ")" or "",
+        "; raise the size in its lua_shared_dict directive"
+    )
+end
+
+
+--- Stores a fresh value; false when the dict refused it. nginx frees the
+-- old value before it finds there is no room for a bigger one, so the old
+-- one is put back into the space it left.
 local function store(dict, name, value)
+    local old = dict:get(name)
     local ok, err, forcible = dict:set(name, value)
     if not ok then
-        ngx_log(
-            ERR,
-            "ngx_aws_token: could not store token \"",
-            name,
-            "\" in lua_shared_dict ",
-            storage_name ~= nil and storage_name or "?",
-            ": ",
-            err ~= nil and err or "unknown error",
-            "; raise the size in its lua_shared_dict directive"
-        )
+        if old ~= nil then
+            dict:set(name, old)
+        end
+        log_full(name, "could not be stored in", err)
         return false
     end
     if forcible then
-        ngx_log(
-            ERR,
-            "ngx_aws_token: storing token \"",
-            name,
-            "\" evicted other keys from lua_shared_dict ",
-            storage_name ~= nil and storage_name or "?",
-            "; raise the size in its lua_shared_dict directive"
-        )
+        log_full(name, "evicted other keys from")
     end
+    dict:set(MARK, true)
     return true
+end
+
+
+--- The warning for a failed fetch: name, reason, stderr, what happens.
+local function log_failure(job, outcome, reason)
+    local secret = outcome.stdout ~= nil and trim(outcome.stdout) or nil
+    local failed = outcome.status ~= nil and outcome.status ~= 0
+    local current = nil
+    local dict = storage ~= nil and storage or find_storage()
+    if dict ~= nil then
+        current = dict:get(job.name)
+    end
+    ngx_log(
+        WARN,
+        "ngx_aws_token: could not refresh token \"",
+        job.name,
+        "\": ",
+        redact(reason, secret),
+        excerpt(outcome.stderr, secret),
+        failed and env_hint() or "",
+        current ~= nil and "; keeping the current token" or "",
+        "; retrying in ",
+        job.retry,
+        " s"
+    )
 end
 
 
@@ -500,39 +542,27 @@ local function complete(name, run, outcome)
         outcome = {failure = "timed out", stderr = outcome.stderr}
     end
     if outcome.failure == "timed out" then
-        outcome.failure = ("timed out after " .. tostring(job.timeout)) .. " s"
+        outcome.failure = str_format(TIMED_OUT, job.timeout)
     end
     ngx_update_time()
     local now = ngx_now()
     local value, reason = evaluate(outcome, job.transform)
-    local dict = storage ~= nil and storage or find_storage()
-    if value ~= nil and dict ~= nil and store(dict, name, value) then
-        ngx_log(INFO, "ngx_aws_token: refreshed token \"", name, "\"")
-        if job.once then
-            jobs[name] = nil
-            return
-        end
-        job.due = now + job.interval
+    if value == nil then
+        log_failure(job, outcome, reason)
+        job.due = now + job.retry
         return
     end
-    if value ~= nil and dict == nil then
-        ngx_log(WARN, "ngx_aws_token: no storage for token \"", name, "\"")
-    elseif reason ~= nil then
-        local hint = outcome.status ~= nil and outcome.status ~= 0
-        ngx_log(
-            WARN,
-            "ngx_aws_token: could not refresh token \"",
-            name,
-            "\": ",
-            redact(reason, outcome.stdout),
-            excerpt(outcome.stderr, outcome.stdout),
-            hint and env_hint() or "",
-            "; keeping the current token, retrying in ",
-            job.retry,
-            " s"
-        )
+    local dict = storage ~= nil and storage or find_storage()
+    if dict == nil or not store(dict, name, value) then
+        job.due = now + job.retry
+        return
     end
-    job.due = now + job.retry
+    ngx_log(INFO, "ngx_aws_token: refreshed token \"", name, "\"")
+    if job.once then
+        jobs[name] = nil
+        return
+    end
+    job.due = now + job.interval
 end
 
 
@@ -540,6 +570,10 @@ end
 local function pipe_timer(premature, name, run)
     local job = jobs[name]
     if premature or ngx_pipe == nil or job == nil then
+        return
+    end
+    if run.discard then
+        complete(name, run, {failure = "replaced"})
         return
     end
     complete(
@@ -753,7 +787,7 @@ end
 function ____exports.rotate(name, command, options)
     local opts, bad = check_args("rotate", name, command, options)
     if opts == nil then
-        return error(bad, 2)
+        error(bad, 2)
     end
     return schedule(name, command, opts, false)
 end
@@ -764,7 +798,7 @@ end
 function ____exports.manage(name, command, options)
     local opts, bad = check_args("manage", name, command, options)
     if opts == nil then
-        return error(bad, 2)
+        error(bad, 2)
     end
     return schedule(name, command, opts, true)
 end
@@ -794,7 +828,8 @@ function ____exports.create(command, transform)
     end
     local value, reason = evaluate(outcome, transform)
     if value == nil then
-        return nil, redact(reason, outcome.stdout)
+        local secret = outcome.stdout ~= nil and trim(outcome.stdout) or nil
+        return nil, redact(reason, secret)
     end
     return value, nil
 end

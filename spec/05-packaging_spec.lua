@@ -34,6 +34,12 @@ describe("the shipped file lua/ngx_aws_token.lua", function()
         assert.falsy(source:find("__TS__", 1, true))
     end)
 
+    it("never packs a multi-return into a table to unpack it", function()
+        -- what TypeScriptToLua emits for a LuaMultiReturn used in an
+        -- expression (a ternary, `?.`); the first value is then wrong
+        assert.falsy(source:find("unpack(", 1, true))
+    end)
+
     it("keeps within 80 columns", function()
         local n = 0
         for line in source:gmatch("[^\n]*") do

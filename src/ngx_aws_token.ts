@@ -82,6 +82,10 @@ const ENV_HINT = table.concat(
     " "
 );
 
+/** The reason for a killed command; names the option that allows more. */
+const TIMED_OUT = "timed out after %s s (raise the `timeout` option if the "
+    + "command needs longer)";
+
 /** Phases in which a light thread may yield (and ngx.pipe may wait). */
 const YIELDABLE: LuaTable<string, boolean> = new LuaTable();
 YIELDABLE.set("timer", true);
@@ -378,7 +382,8 @@ function kill_run(run: Run) {
     const pid = read_file(run.dir + "/pid");
     const [num] = str_match(pid !== undefined ? pid : "", "^%d+");
     if (num !== undefined) {
-        const cmd = "kill -9 -- -%s 2>/dev/null || kill -9 %s 2>/dev/null";
+        // dash's kill takes no `--`; -PID is the command's process group
+        const cmd = "kill -9 -%s 2>/dev/null || kill -9 %s 2>/dev/null";
         os.execute(str_format(cmd, num, num));
     }
 }
@@ -448,6 +453,9 @@ function run_pipe(pipe: NgxPipeModule, command: string, run: Run): Outcome {
         return { failure: "could not read its output: " + read_err };
     }
 
+    ngx_update_time();
+    const left = Math.max(1, Math.floor((run.deadline - ngx_now()) * 1000));
+    proc.set_timeouts(undefined, undefined, undefined, left);
     const [ok, reason, status] = proc.wait();
     if (ok === undefined) {
         kill_run(run);
@@ -508,33 +516,71 @@ function env_hint(): string {
 }
 
 
-/** Stores a fresh value; false when the dict refused it. */
+/** Logs at ERR that the dict is too small, with what happened. */
+function log_full(name: string, what: string, err?: string) {
+    ngx_log(
+        ERR,
+        'ngx_aws_token: token "',
+        name,
+        '" ',
+        what,
+        " lua_shared_dict ",
+        storage_name !== undefined ? storage_name : "?",
+        err !== undefined ? " (" + err + ")" : "",
+        "; raise the size in its lua_shared_dict directive"
+    );
+}
+
+
+/**
+ * Stores a fresh value; false when the dict refused it. nginx frees the
+ * old value before it finds there is no room for a bigger one, so the old
+ * one is put back into the space it left.
+ */
 function store(dict: NgxSharedDict, name: string, value: string) {
+    const [old] = dict.get(name);
     const [ok, err, forcible] = dict.set(name, value);
     if (!ok) {
-        ngx_log(
-            ERR,
-            'ngx_aws_token: could not store token "',
-            name,
-            '" in lua_shared_dict ',
-            storage_name !== undefined ? storage_name : "?",
-            ": ",
-            err !== undefined ? err : "unknown error",
-            "; raise the size in its lua_shared_dict directive"
-        );
+        if (old !== undefined) {
+            dict.set(name, old);
+        }
+        log_full(name, "could not be stored in", err);
         return false;
     }
     if (forcible) {
-        ngx_log(
-            ERR,
-            'ngx_aws_token: storing token "',
-            name,
-            '" evicted other keys from lua_shared_dict ',
-            storage_name !== undefined ? storage_name : "?",
-            "; raise the size in its lua_shared_dict directive"
-        );
+        log_full(name, "evicted other keys from");
     }
+
+    // eviction may have taken the mark that other workers look for
+    dict.set(MARK, true);
     return true;
+}
+
+
+/** The warning for a failed fetch: name, reason, stderr, what happens. */
+function log_failure(job: Job, outcome: Outcome, reason: string) {
+    const secret =
+        outcome.stdout !== undefined ? trim(outcome.stdout) : undefined;
+    const failed = outcome.status !== undefined && outcome.status !== 0;
+    let current: unknown = undefined;
+    const dict = storage !== undefined ? storage : find_storage();
+    if (dict !== undefined) {
+        [current] = dict.get(job.name);
+    }
+
+    ngx_log(
+        WARN,
+        'ngx_aws_token: could not refresh token "',
+        job.name,
+        '": ',
+        redact(reason, secret),
+        excerpt(outcome.stderr, secret),
+        failed ? env_hint() : "",
+        current !== undefined ? "; keeping the current token" : "",
+        "; retrying in ",
+        job.retry,
+        " s"
+    );
 }
 
 
@@ -552,42 +598,30 @@ function complete(name: string, run: Run, outcome: Outcome) {
         outcome = { failure: "timed out", stderr: outcome.stderr };
     }
     if (outcome.failure === "timed out") {
-        outcome.failure = `timed out after ${job.timeout} s`;
+        outcome.failure = str_format(TIMED_OUT, job.timeout);
     }
 
     ngx_update_time();
     const now = ngx_now();
     const [value, reason] = evaluate(outcome, job.transform);
-    const dict = storage !== undefined ? storage : find_storage();
-
-    if (value !== undefined && dict !== undefined && store(dict, name, value)) {
-        ngx_log(INFO, 'ngx_aws_token: refreshed token "', name, '"');
-        if (job.once) {
-            jobs.delete(name);
-            return;
-        }
-        job.due = now + job.interval;
+    if (value === undefined) {
+        log_failure(job, outcome, reason);
+        job.due = now + job.retry;
         return;
     }
 
-    if (value !== undefined && dict === undefined) {
-        ngx_log(WARN, 'ngx_aws_token: no storage for token "', name, '"');
-    } else if (reason !== undefined) {
-        const hint = outcome.status !== undefined && outcome.status !== 0;
-        ngx_log(
-            WARN,
-            'ngx_aws_token: could not refresh token "',
-            name,
-            '": ',
-            redact(reason, outcome.stdout),
-            excerpt(outcome.stderr, outcome.stdout),
-            hint ? env_hint() : "",
-            "; keeping the current token, retrying in ",
-            job.retry,
-            " s"
-        );
+    const dict = storage !== undefined ? storage : find_storage();
+    if (dict === undefined || !store(dict, name, value)) {
+        job.due = now + job.retry;
+        return;
     }
-    job.due = now + job.retry;
+
+    ngx_log(INFO, 'ngx_aws_token: refreshed token "', name, '"');
+    if (job.once) {
+        jobs.delete(name);
+        return;
+    }
+    job.due = now + job.interval;
 }
 
 
@@ -595,6 +629,11 @@ function complete(name: string, run: Run, outcome: Outcome) {
 function pipe_timer(this: void, premature: boolean, name: string, run: Run) {
     const job = jobs.get(name);
     if (premature || ngx_pipe === undefined || job === undefined) {
+        return;
+    }
+    if (run.discard) {
+        // rotate() replaced the job before this timer ran
+        complete(name, run, { failure: "replaced" });
         return;
     }
     complete(name, run, run_pipe(ngx_pipe, job.command, run));
@@ -829,7 +868,8 @@ export function rotate(
 ): Result<true> {
     const [opts, bad] = check_args("rotate", name, command, options);
     if (opts === undefined) {
-        return error(bad, 2);
+        // not `return error()`: a tail call would lose the caller's line
+        error(bad, 2);
     }
     return schedule(name, command, opts, false);
 }
@@ -846,7 +886,8 @@ export function manage(
 ): Result<true> {
     const [opts, bad] = check_args("manage", name, command, options);
     if (opts === undefined) {
-        return error(bad, 2);
+        // not `return error()`: a tail call would lose the caller's line
+        error(bad, 2);
     }
     return schedule(name, command, opts, true);
 }
@@ -880,7 +921,9 @@ export function create(command: string, transform?: Transform): Result<string> {
 
     const [value, reason] = evaluate(outcome, transform);
     if (value === undefined) {
-        return $multi(undefined, redact(reason, outcome.stdout));
+        const secret =
+            outcome.stdout !== undefined ? trim(outcome.stdout) : undefined;
+        return $multi(undefined, redact(reason, secret));
     }
     return $multi(value, undefined);
 }

@@ -154,7 +154,7 @@ function M.new(fake)
         return #tostring(data)
     end
 
-    function Proc:shutdown(direction)
+    function Proc.shutdown(_, direction)
         if direction ~= "stdin" and direction ~= "stdout"
             and direction ~= "stderr"
         then
