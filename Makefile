@@ -5,13 +5,14 @@ LUA_OUT := lua/ngx_aws_token.lua
 APT_PACKAGES := nginx-light libnginx-mod-http-lua lua-resty-core luajit2 \
 	lua-busted luarocks awscli lua-cjson lua-check wrk curl procps
 
-.PHONY: all deps apt npm build check-built typecheck lint test demo bench clean
+.PHONY: all deps apt node npm build check-built typecheck lint test demo clean
 
 all: build
 
 ## deps: install what the build and the tests need; skips what is there
-deps: apt npm
+deps: apt node npm
 
+# Debian's packages; installing them needs root
 apt:
 	@missing=; for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' \
@@ -23,7 +24,14 @@ apt:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-npm: node_modules/.package-lock.json
+# Node.js runs the build and the AWS endpoint stub; Debian's will do
+node:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		echo "installing: nodejs npm"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq nodejs npm >/dev/null; }
+
+npm: node node_modules/.package-lock.json
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -54,7 +62,7 @@ test: deps
 	@bash spec/run.sh
 
 ## demo: nginx on localhost proxying with a token rotated by the AWS CLI
-demo: deps
+demo: apt node
 	@bash nginx/demo.sh
 
 clean:

@@ -1,3 +1,30 @@
+local ____exports = {}
+local get_workdir, sweep_script, str_format, ORPHAN_MINUTES, workdir
+
+
+function get_workdir()
+    if workdir == nil then
+        local shm = io.open("/dev/shm", "rb")
+        if shm ~= nil then
+            shm:close()
+            workdir = "/dev/shm"
+        else
+            workdir = "/tmp"
+        end
+    end
+    return workdir
+end
+
+
+function sweep_script()
+    return str_format(
+        "find %s -maxdepth 1 -name 'ngx_aws_token.*' -user \"$(id -u)\" "
+            .. "-mmin +%d -exec rm -rf {} + </dev/null >/dev/null 2>&1 &",
+        get_workdir(),
+        ORPHAN_MINUTES
+    )
+end
+
 --- ngx_aws_token: keeps short-lived AWS tokens (ECR, CodeArtifact, ...)
 -- fresh in a lua_shared_dict, so any nginx worker can read them per request.
 --
@@ -5,8 +32,6 @@
 -- then run `make build`.
 --
 -- Copyright (c) the ngx_aws_token authors. MIT licensed.
-
-local ____exports = {}
 local ngx_log = ngx.log
 local ngx_now = ngx.now
 local ngx_update_time = ngx.update_time
@@ -17,8 +42,9 @@ local ERR = ngx.ERR
 local INFO = ngx.INFO
 local NOTICE = ngx.NOTICE
 local str_find = string.find
-local str_format = string.format
+str_format = string.format
 local str_gsub = string.gsub
+local str_lower = string.lower
 local str_match = string.match
 local str_sub = string.sub
 local VERSION = "2.0.0"
@@ -37,10 +63,7 @@ local TICK = 0.5
 
 --- Seconds a killed command may take to report before it is abandoned.
 local KILL_GRACE = 10
-
---- Seconds after a background command ends before its directory is swept,
--- in case no worker is left to collect it (e.g. after `nginx -s stop`).
-local ORPHAN_TTL = 60
+ORPHAN_MINUTES = 10
 
 --- Bytes of a command's stderr kept for the log.
 local EXCERPT = 200
@@ -62,8 +85,12 @@ local CREDENTIAL_VARS = {
     "AWS_CONFIG_FILE",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     "AWS_WEB_IDENTITY_TOKEN_FILE"
 }
+local REGION_VARS = {"AWS_REGION", "AWS_DEFAULT_REGION"}
+local REGION_HINT = " (keep the region with `env AWS_DEFAULT_REGION;` in "
+    .. "nginx.conf, or pass --region)"
 local ENV_HINT = table.concat({
     " (nginx workers have an empty environment: no HOME and no AWS_*",
     "credentials; keep them with `env` directives in nginx.conf,",
@@ -72,6 +99,17 @@ local ENV_HINT = table.concat({
 --- The reason for a killed command; names the option that allows more.
 local TIMED_OUT = "timed out after %s s (raise the `timeout` option if the "
     .. "command needs longer)"
+local FD_CDEF = table.concat({
+    "int ngx_aws_token_syscall(long n, unsigned int a, unsigned int b,",
+    "unsigned int c) __asm__(\"syscall\");",
+    "int ngx_aws_token_fcntl(int fd, int cmd, int arg)", "__asm__(\"fcntl\");"},
+    " ")
+
+--- Descriptors marked one by one where close_range(2) is missing.
+local FD_SCAN = 1024
+
+--- Bytes of stdout read at most; a token is a few kilobytes.
+local MAX_OUTPUT = 65536
 
 --- Phases in which a light thread may yield (and ngx.pipe may wait).
 local YIELDABLE = {}
@@ -93,9 +131,54 @@ local default_retry = DEFAULT_RETRY
 local jobs = {}
 local ticking = false
 local run_count = 0
-local workdir
+local last_scan = -1
+local fd_lib
+local fd_lib_tried = false
 local has_pipe, pipe_or_err = pcall(require, "ngx.pipe")
 local ngx_pipe = has_pipe and pipe_or_err or nil
+
+
+--- Binds close_range(2) and fcntl(2) under names of our own, so the
+-- declarations cannot clash with another module's.
+local function load_fd_lib()
+    local ok, ffi = pcall(require, "ffi")
+    if not ok then
+        return nil
+    end
+    local bound = pcall(ffi.cdef, FD_CDEF)
+    return bound and ffi.C or nil
+end
+
+
+--- Marks every descriptor of this worker above stderr close-on-exec.
+-- nginx leaves its listening sockets inheritable: a command started with
+-- them would hold nginx's ports for as long as it runs.
+local function cloexec_all()
+    if not fd_lib_tried then
+        fd_lib_tried = true
+        fd_lib = load_fd_lib()
+    end
+    if fd_lib == nil then
+        return
+    end
+    if fd_lib.ngx_aws_token_syscall(436, 3, 4294967295, 4) == 0 then
+        return
+    end
+    do
+        local fd = 3
+        while fd < FD_SCAN do
+            local flags = fd_lib.ngx_aws_token_fcntl(fd, 1, 0)
+            if flags >= 0 then
+                fd_lib.ngx_aws_token_fcntl(
+                    fd,
+                    2,
+                    bit.bor(flags, 1)
+                )
+            end
+            fd = fd + 1
+        end
+    end
+end
 
 
 --- Strips leading and trailing whitespace.
@@ -207,22 +290,6 @@ local function read_file(path, limit)
 end
 
 
---- The directory for command output: tmpfs where there is one, so a token
--- never reaches a disk.
-local function get_workdir()
-    if workdir == nil then
-        local shm = io.open("/dev/shm", "rb")
-        if shm ~= nil then
-            shm:close()
-            workdir = "/dev/shm"
-        else
-            workdir = "/tmp"
-        end
-    end
-    return workdir
-end
-
-
 --- The shell script that runs `command` with its stdout, stderr and exit
 -- status going to files in `dir`, a directory only this user can read.
 -- io.popen():close() cannot be trusted with the exit status under nginx:
@@ -231,7 +298,8 @@ end
 --
 -- In the background the script returns at once; `done` appears when the
 -- command has ended. The command gets a session of its own (setsid), so a
--- timeout can kill it together with its children.
+-- timeout can kill it together with its children. Directories that a dead
+-- worker never collected are swept by the next run.
 local function runner_script(dir, command, background)
     local run = str_format(
         "$S /bin/sh -c %s >%s/out 2>%s/err </dev/null",
@@ -240,7 +308,9 @@ local function runner_script(dir, command, background)
         dir
     )
     local setsid = "S=; command -v setsid >/dev/null 2>&1 && S=setsid"
-    local head = str_format("umask 077 && mkdir %s || exit 1", dir)
+    local head = str_format(
+        "u=$(umask); umask 077; mkdir %s || exit 1; : >%s/out; : >%s/err; "
+        .. "umask \"$u\"", dir, dir, dir)
     local rc = str_format("echo $? >%s/rc", dir)
     local done = str_format(": >%s/done", dir)
     if not background then
@@ -252,7 +322,6 @@ local function runner_script(dir, command, background)
             done
         }, "\n")
     end
-    local sweep = str_format("sleep %d; rm -rf %s", ORPHAN_TTL, dir)
     local pid = str_format("echo $! >%s/pid", dir)
     local lines = {
         head,
@@ -264,26 +333,36 @@ local function runner_script(dir, command, background)
         rc,
         done
     }
-    local tail = ("\n" .. sweep) .. "\n) </dev/null >/dev/null 2>&1 &"
-    return table.concat(lines, "\n") .. tail
+    return (table.concat(lines, "\n") .. "\n) </dev/null >/dev/null 2>&1 &\n")
+        .. sweep_script()
 end
 
 
 --- Starts `command` through /bin/sh; returns its private directory.
 local function launch(command, background)
-    run_count = run_count + 1
-    local dir = str_format(
-        "%s/ngx_aws_token.%d.%d.%d",
-        get_workdir(),
-        ngx.worker.pid(),
-        run_count,
-        math.floor(ngx_now() * 1000)
-    )
-    local rc = os.execute(runner_script(dir, PRELUDE .. command, background))
-    if rc ~= 0 and rc ~= true then
-        return nil, "could not create " .. dir
+    cloexec_all()
+    do
+        while true do
+            run_count = run_count + 1
+            local base = get_workdir()
+            local dir = str_format(
+                "%s/ngx_aws_token.%d.%d.%d",
+                base,
+                ngx.worker.pid(),
+                run_count,
+                math.floor(ngx_now() * 1000)
+            )
+            local script = runner_script(dir, PRELUDE .. command, background)
+            local rc = os.execute(script)
+            if rc == 0 or rc == true then
+                return dir, nil
+            end
+            if base == "/tmp" then
+                return nil, "could not create " .. dir
+            end
+            workdir = "/tmp"
+        end
     end
-    return dir, nil
 end
 
 
@@ -314,7 +393,7 @@ local function collect(dir)
     end
     local outcome = {
         status = ____temp_1,
-        stdout = read_file(dir .. "/out"),
+        stdout = read_file(dir .. "/out", MAX_OUTPUT + 1),
         stderr = read_file(dir .. "/err", 4096)
     }
     remove_dir(dir)
@@ -431,9 +510,17 @@ local function evaluate(outcome, transform)
     if outcome.status ~= 0 then
         return nil, "exit status " .. tostring(outcome.status)
     end
-    local output = trim(outcome.stdout ~= nil and outcome.stdout or "")
+    local stdout = outcome.stdout ~= nil and outcome.stdout or ""
+    if #stdout > MAX_OUTPUT then
+        return nil, ("output over " .. tostring(MAX_OUTPUT)) .. " bytes"
+    end
+    local output = trim(stdout)
     if output == "" then
         return nil, "empty output"
+    end
+    if output == "None" then
+        return nil, "the CLI printed its null: a --query that "
+            .. "matched nothing?"
     end
     if has_control(output) then
         return nil, "control characters in output"
@@ -455,14 +542,31 @@ local function evaluate(outcome, transform)
 end
 
 
---- The hint to log when the worker cannot know the AWS credentials.
-local function env_hint()
-    for _, name in ipairs(CREDENTIAL_VARS) do
+--- True when the worker has any of the variables `names`.
+local function has_any(names)
+    for _, name in ipairs(names) do
         if os.getenv(name) ~= nil then
-            return ""
+            return true
         end
     end
-    return ENV_HINT
+    return false
+end
+
+
+--- What to tell the user when the AWS CLI failed for want of credentials
+-- or a region that nginx's emptied environment took away.
+local function env_hint(outcome)
+    local stderr = str_lower(outcome.stderr ~= nil and outcome.stderr or "")
+    local creds = str_find(stderr, "credentials", 1, true)
+    if (outcome.status == 253 or creds ~= nil) and not has_any(
+        CREDENTIAL_VARS) then
+        return ENV_HINT
+    end
+    local region = str_find(stderr, "region", 1, true)
+    if region ~= nil and not has_any(REGION_VARS) then
+        return REGION_HINT
+    end
+    return ""
 end
 
 
@@ -519,7 +623,7 @@ local function log_failure(job, outcome, reason)
         "\": ",
         redact(reason, secret),
         excerpt(outcome.stderr, secret),
-        failed and env_hint() or "",
+        failed and env_hint(outcome) or "",
         current ~= nil and "; keeping the current token" or "",
         "; retrying in ",
         job.retry,
@@ -633,9 +737,11 @@ end
 local function abandon_all()
     for _, job in pairs(jobs) do
         local run = job.run
-        if run ~= nil and run.dir ~= nil then
+        if run ~= nil then
             kill_run(run)
-            os.execute("rm -rf " .. run.dir)
+            if run.dir ~= nil then
+                os.execute("rm -rf " .. run.dir)
+            end
             job.run = nil
         end
     end
@@ -673,10 +779,7 @@ local function ensure_ticking()
             .. "background through /bin/sh (no ngx.pipe in this build)"
         ngx_log(NOTICE, "ngx_aws_token: running commands ", how)
     end
-    local ok, err = ngx_timer_at(0, tick)
-    if not ok then
-        return nil, err
-    end
+    ngx_timer_at(0, tick)
     return true, nil
 end
 
@@ -748,6 +851,7 @@ local function schedule(name, command, opts, once)
     jobs[name] = job
     local ok, err = ensure_ticking()
     if not ok then
+        jobs[name] = nil
         ngx_log(
             ERR,
             "ngx_aws_token: cannot schedule \"",
@@ -841,9 +945,17 @@ function ____exports.token(name)
     if type(name) ~= "string" then
         error("token() wants a token name (a string)", 2)
     end
-    local dict = storage ~= nil and storage or find_storage()
+    local dict = storage
     if dict == nil then
-        return nil, "no storage"
+        local now = ngx_now()
+        if now - last_scan < 1 then
+            return nil, "no storage"
+        end
+        last_scan = now
+        dict = find_storage()
+        if dict == nil then
+            return nil, "no storage"
+        end
     end
     local value = dict:get(name)
     if value == nil then

@@ -252,6 +252,9 @@ describe("the API", function()
                 assert.same({ nil, "no storage" }, { other.token("ecr") })
 
                 m.set_storage(ngx.shared.tokens)
+                -- a worker without storage looks at most once a second
+                assert.same({ nil, "no storage" }, { other.token("ecr") })
+                fake.advance(1)
                 assert.same({ nil, "not ready" }, { other.token("ecr") })
 
                 m.rotate("ecr", "aws ecr get-authorization-token")

@@ -40,6 +40,21 @@ describe("the schedule", function()
     end)
 
 
+    it("rotate() returns nil, err and runs nothing without a timer",
+        function()
+            fake.fail_timers = "too many pending timers"
+            local ok, err = m.rotate("ecr", "aws x")
+            assert.is_nil(ok)
+            assert.equal("no timer: too many pending timers", err)
+
+            fake.fail_timers = nil
+            m.rotate("other", "aws y")
+            fake.advance(3600)
+            assert.equal(0, runs("aws x"))
+            assert.is_true(runs("aws y") >= 1)
+        end)
+
+
     it("rotate() fetches again after `interval`, not before", function()
         m.rotate("ecr", "aws x", { interval = 60 })
         fake.advance(0)

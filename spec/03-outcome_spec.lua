@@ -107,6 +107,10 @@ describe("a command's outcome", function()
                 { stdout = SECRET .. "\tMORE" }, "control" },
             { "when the command dies by a signal",
                 { signal = 9, stdout = SECRET }, "signal" },
+            { "when the AWS CLI prints None (a --query for nothing)",
+                { stdout = "None\n" }, "matched nothing" },
+            { "when stdout is over 64 KB",
+                { stdout = ("A"):rep(65537) }, "output over 65536 bytes" },
             { "when the command cannot start",
                 { spawn_error = "fork failed" }, "fork failed" },
         }
@@ -216,6 +220,38 @@ describe("a command's outcome", function()
                 assert.equal(1, #warns)
                 assert.truthy(warns[1]:find("env ", 1, true), warns[1])
             end)
+
+            it("gives no such hint for a service error (exit 254)",
+                function()
+                    -- e.g. throttling on EC2 with an instance role, where
+                    -- the environment rightly holds no credentials
+                    os.getenv = function() return nil end  -- luacheck: ignore 122
+                    local warns = refresh_after_good{
+                        status = 254, stderr = "An error occurred "
+                            .. "(ThrottlingException): Rate exceeded",
+                    }
+                    assert.equal(1, #warns)
+                    assert.falsy(warns[1]:find("env ", 1, true), warns[1])
+                end)
+
+            it("names `env AWS_DEFAULT_REGION` when the CLI wants a region",
+                function()
+                    os.getenv = function(name)  -- luacheck: ignore 122
+                        if name == "AWS_ACCESS_KEY_ID" then
+                            return "AKIDEXAMPLE"
+                        end
+                    end
+                    -- the AWS CLI v2's words, exit status 253
+                    local warns = refresh_after_good{
+                        status = 253,
+                        stderr = "You must specify a region. You can also "
+                            .. "configure your region by running "
+                            .. "\"aws configure\".",
+                    }
+                    assert.equal(1, #warns)
+                    assert.truthy(warns[1]:find("env AWS_DEFAULT_REGION;", 1,
+                                                true), warns[1])
+                end)
 
             it("gives no such hint once HOME is kept", function()
                 os.getenv = function(name)  -- luacheck: ignore 122

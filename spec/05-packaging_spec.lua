@@ -21,12 +21,14 @@ end
 describe("the shipped file lua/ngx_aws_token.lua", function()
     local source = read("lua/ngx_aws_token.lua")
 
-    it("requires nothing but ngx.pipe, and that only under pcall", function()
+    it("requires only ngx.pipe and LuaJIT's ffi, each under pcall",
+       function()
         local required = {}
         for call in source:gmatch("[%w_.(]*require[^\n]*") do
             required[#required + 1] = call
         end
-        assert.same({ 'pcall(require, "ngx.pipe")' }, required)
+        assert.same({ 'pcall(require, "ngx.pipe")',
+                      'pcall(require, "ffi")' }, required)
     end)
 
     it("needs no TypeScriptToLua helper", function()

@@ -199,3 +199,47 @@ describe("a 6,000-character ECR token", function()
         assert.same({}, nginx:problems())
     end)
 end)
+
+
+describe("a command running when nginx stops", function()
+    local nginx
+    local pid_file = os.tmpname()
+
+    teardown(function()
+        local pid = H.read(pid_file)
+        if pid and pid:match("%d+") then
+            -- the command leads its own process group (setsid)
+            os.execute("kill -9 -" .. pid:match("%d+") .. " 2>/dev/null")
+        end
+        os.remove(pid_file)
+        if nginx then nginx:stop() end
+    end)
+
+    it("holds none of nginx's sockets, so nginx starts again at once",
+       function()
+        os.execute("chmod 666 " .. pid_file)
+        nginx = H.start({
+            workers = 1,
+            init_worker = ([[
+                local ngx_aws_token = require("ngx_aws_token")
+                ngx_aws_token.set_storage(ngx.shared.my_aws_tokens)
+                ngx_aws_token.rotate("slow",
+                    "echo $$ > %s; sleep 30; echo late")
+            ]]):format(pid_file),
+        })
+        local pid = H.wait_for(function()
+            return (H.read(pid_file) or ""):match("%d+")
+        end, 10)
+        assert.truthy(pid, nginx:error_log())
+
+        local fds = H.sh("ls -l /proc/" .. pid .. "/fd 2>&1")
+        assert.falsy(fds:find("socket:", 1, true), fds)
+
+        -- `stop` leaves the command running; it must not keep the port
+        local out, ok = nginx:restart("stop")
+        assert.is_true(ok, out)
+        assert.equal(200, (nginx:get("/_state")))
+        assert.equal("0", H.sh("kill -0 " .. pid .. " 2>/dev/null; echo $?")
+                          :match("%d"))
+    end)
+end)

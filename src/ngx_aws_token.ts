@@ -20,6 +20,7 @@ const NOTICE = ngx.NOTICE;
 const str_find = string.find;
 const str_format = string.format;
 const str_gsub = string.gsub;
+const str_lower = string.lower;
 const str_match = string.match;
 const str_sub = string.sub;
 
@@ -41,10 +42,10 @@ const TICK = 0.5;
 const KILL_GRACE = 10;
 
 /**
- * Seconds after a background command ends before its directory is swept,
- * in case no worker is left to collect it (e.g. after `nginx -s stop`).
+ * Minutes after which a run directory no worker collected (its worker was
+ * killed, or nginx stopped with `-s stop`) is removed by a later run.
  */
-const ORPHAN_TTL = 60;
+const ORPHAN_MINUTES = 10;
 
 /** Bytes of a command's stderr kept for the log. */
 const EXCERPT = 200;
@@ -70,8 +71,14 @@ const CREDENTIAL_VARS = [
     "AWS_CONFIG_FILE",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
     "AWS_WEB_IDENTITY_TOKEN_FILE",
 ];
+
+const REGION_VARS = ["AWS_REGION", "AWS_DEFAULT_REGION"];
+
+const REGION_HINT = " (keep the region with `env AWS_DEFAULT_REGION;` in "
+    + "nginx.conf, or pass --region)";
 
 const ENV_HINT = table.concat(
     [
@@ -85,6 +92,22 @@ const ENV_HINT = table.concat(
 /** The reason for a killed command; names the option that allows more. */
 const TIMED_OUT = "timed out after %s s (raise the `timeout` option if the "
     + "command needs longer)";
+
+const FD_CDEF = table.concat(
+    [
+        "int ngx_aws_token_syscall(long n, unsigned int a, unsigned int b,",
+        'unsigned int c) __asm__("syscall");',
+        "int ngx_aws_token_fcntl(int fd, int cmd, int arg)",
+        '__asm__("fcntl");',
+    ],
+    " "
+);
+
+/** Descriptors marked one by one where close_range(2) is missing. */
+const FD_SCAN = 1024;
+
+/** Bytes of stdout read at most; a token is a few kilobytes. */
+const MAX_OUTPUT = 65536;
 
 /** Phases in which a light thread may yield (and ngx.pipe may wait). */
 const YIELDABLE: LuaTable<string, boolean> = new LuaTable();
@@ -152,11 +175,72 @@ const jobs: LuaTable<string, Job> = new LuaTable();
 let ticking = false;
 let run_count = 0;
 let workdir: string | undefined;
+let last_scan = -1;
+let fd_lib: FdLib | undefined;
+let fd_lib_tried = false;
+
+/** The libc calls that keep nginx's descriptors out of our commands. */
+interface FdLib {
+    ngx_aws_token_syscall(
+        this: void,
+        n: number,
+        a: number,
+        b: number,
+        c: number
+    ): number;
+    ngx_aws_token_fcntl(this: void, fd: number, cmd: number, arg: number): number;
+}
+
+/** LuaJIT's FFI, as far as we use it. */
+interface Ffi {
+    cdef(this: void, defs: string): void;
+    C: FdLib;
+}
 
 const [has_pipe, pipe_or_err] = pcall(require, "ngx.pipe");
 const ngx_pipe: NgxPipeModule | undefined = has_pipe
     ? (pipe_or_err as NgxPipeModule)
     : undefined;
+
+
+/**
+ * Binds close_range(2) and fcntl(2) under names of our own, so the
+ * declarations cannot clash with another module's.
+ */
+function load_fd_lib(): FdLib | undefined {
+    const [ok, ffi] = pcall(require, "ffi");
+    if (!ok) {
+        return undefined;
+    }
+    const [bound] = pcall((ffi as Ffi).cdef, FD_CDEF);
+    return bound ? (ffi as Ffi).C : undefined;
+}
+
+
+/**
+ * Marks every descriptor of this worker above stderr close-on-exec.
+ * nginx leaves its listening sockets inheritable: a command started with
+ * them would hold nginx's ports for as long as it runs.
+ */
+function cloexec_all() {
+    if (!fd_lib_tried) {
+        fd_lib_tried = true;
+        fd_lib = load_fd_lib();
+    }
+    if (fd_lib === undefined) {
+        return;
+    }
+    // close_range(3, ~0U, CLOSE_RANGE_CLOEXEC): one call on Linux 5.11+
+    if (fd_lib.ngx_aws_token_syscall(436, 3, 0xffffffff, 4) === 0) {
+        return;
+    }
+    for (let fd = 3; fd < FD_SCAN; fd++) {
+        const flags = fd_lib.ngx_aws_token_fcntl(fd, 1, 0); // F_GETFD
+        if (flags >= 0) {
+            fd_lib.ngx_aws_token_fcntl(fd, 2, flags | 1); // FD_CLOEXEC
+        }
+    }
+}
 
 
 /** Strips leading and trailing whitespace. */
@@ -287,7 +371,8 @@ function get_workdir(): string {
  *
  * In the background the script returns at once; `done` appears when the
  * command has ended. The command gets a session of its own (setsid), so a
- * timeout can kill it together with its children.
+ * timeout can kill it together with its children. Directories that a dead
+ * worker never collected are swept by the next run.
  */
 function runner_script(dir: string, command: string, background: boolean) {
     const run = str_format(
@@ -297,41 +382,65 @@ function runner_script(dir: string, command: string, background: boolean) {
         dir
     );
     const setsid = "S=; command -v setsid >/dev/null 2>&1 && S=setsid";
-    const head = str_format("umask 077 && mkdir %s || exit 1", dir);
+    // the files holding output are the user's alone; the command itself
+    // runs with the worker's own umask
+    const head = str_format(
+        "u=$(umask); umask 077; mkdir %s || exit 1; : >%s/out; : >%s/err; " +
+            'umask "$u"',
+        dir,
+        dir,
+        dir
+    );
     const rc = str_format("echo $? >%s/rc", dir);
     const done = str_format(": >%s/done", dir);
     if (!background) {
         return table.concat([head, setsid, run, rc, done], "\n");
     }
 
-    // a worker that dies before collecting leaves no output behind for long
-    const sweep = str_format("sleep %d; rm -rf %s", ORPHAN_TTL, dir);
     const pid = str_format("echo $! >%s/pid", dir);
     const lines = [head, setsid, "(", run + " &", pid, "wait $!", rc, done];
-    const tail = "\n" + sweep + "\n) </dev/null >/dev/null 2>&1 &";
-    return table.concat(lines, "\n") + tail;
+    return table.concat(lines, "\n") + "\n) </dev/null >/dev/null 2>&1 &\n"
+        + sweep_script();
+}
+
+
+/** Removes run directories older than ORPHAN_MINUTES, in the background. */
+function sweep_script(): string {
+    return str_format(
+        "find %s -maxdepth 1 -name 'ngx_aws_token.*' -user \"$(id -u)\" " +
+            "-mmin +%d -exec rm -rf {} + </dev/null >/dev/null 2>&1 &",
+        get_workdir(),
+        ORPHAN_MINUTES
+    );
 }
 
 
 /** Starts `command` through /bin/sh; returns its private directory. */
 function launch(command: string, background: boolean): Result<string> {
-    run_count = run_count + 1;
-    const dir = str_format(
-        "%s/ngx_aws_token.%d.%d.%d",
-        get_workdir(),
-        ngx.worker.pid(),
-        run_count,
-        Math.floor(ngx_now() * 1000)
-    );
+    cloexec_all();
+    for (;;) {
+        run_count = run_count + 1;
+        const base = get_workdir();
+        const dir = str_format(
+            "%s/ngx_aws_token.%d.%d.%d",
+            base,
+            ngx.worker.pid(),
+            run_count,
+            Math.floor(ngx_now() * 1000)
+        );
 
-    const rc: unknown = os.execute(
-        runner_script(dir, PRELUDE + command, background)
-    );
-    // LuaJIT gives the raw status; with 5.2 compatibility, true on success.
-    if (rc !== 0 && rc !== true) {
-        return $multi(undefined, "could not create " + dir);
+        const script = runner_script(dir, PRELUDE + command, background);
+        const rc: unknown = os.execute(script);
+        // LuaJIT gives the raw status; with 5.2 compatibility, true
+        if (rc === 0 || rc === true) {
+            return $multi(dir, undefined);
+        }
+        if (base === "/tmp") {
+            return $multi(undefined, "could not create " + dir);
+        }
+        // /dev/shm is there but not writable for this user
+        workdir = "/tmp";
     }
-    return $multi(dir, undefined);
 }
 
 
@@ -357,7 +466,7 @@ function collect(dir: string): Outcome | undefined {
     const rc = read_file(dir + "/rc");
     const outcome: Outcome = {
         status: rc !== undefined ? tonumber(trim(rc)) : undefined,
-        stdout: read_file(dir + "/out"),
+        stdout: read_file(dir + "/out", MAX_OUTPUT + 1),
         stderr: read_file(dir + "/err", 4096),
     };
     remove_dir(dir);
@@ -480,9 +589,18 @@ function evaluate(outcome: Outcome, transform?: Transform): Result<string> {
         return $multi(undefined, "exit status " + outcome.status);
     }
 
-    const output = trim(outcome.stdout !== undefined ? outcome.stdout : "");
+    const stdout = outcome.stdout !== undefined ? outcome.stdout : "";
+    if (stdout.length > MAX_OUTPUT) {
+        return $multi(undefined, "output over " + MAX_OUTPUT + " bytes");
+    }
+    const output = trim(stdout);
     if (output === "") {
         return $multi(undefined, "empty output");
+    }
+    if (output === "None") {
+        // what the AWS CLI prints when a --query matches nothing
+        return $multi(undefined, "the CLI printed its null: a --query that "
+            + "matched nothing?");
     }
     if (has_control(output)) {
         return $multi(undefined, "control characters in output");
@@ -505,14 +623,33 @@ function evaluate(outcome: Outcome, transform?: Transform): Result<string> {
 }
 
 
-/** The hint to log when the worker cannot know the AWS credentials. */
-function env_hint(): string {
-    for (const name of CREDENTIAL_VARS) {
+/** True when the worker has any of the variables `names`. */
+function has_any(names: string[]): boolean {
+    for (const name of names) {
         if (os.getenv(name) !== undefined) {
-            return "";
+            return true;
         }
     }
-    return ENV_HINT;
+    return false;
+}
+
+
+/**
+ * What to tell the user when the AWS CLI failed for want of credentials
+ * or a region that nginx's emptied environment took away.
+ */
+function env_hint(outcome: Outcome): string {
+    const stderr = str_lower(outcome.stderr !== undefined ? outcome.stderr : "");
+    const [creds] = str_find(stderr, "credentials", 1, true);
+    if ((outcome.status === 253 || creds !== undefined)
+        && !has_any(CREDENTIAL_VARS)) {
+        return ENV_HINT;
+    }
+    const [region] = str_find(stderr, "region", 1, true);
+    if (region !== undefined && !has_any(REGION_VARS)) {
+        return REGION_HINT;
+    }
+    return "";
 }
 
 
@@ -575,7 +712,7 @@ function log_failure(job: Job, outcome: Outcome, reason: string) {
         '": ',
         redact(reason, secret),
         excerpt(outcome.stderr, secret),
-        failed ? env_hint() : "",
+        failed ? env_hint(outcome) : "",
         current !== undefined ? "; keeping the current token" : "",
         "; retrying in ",
         job.retry,
@@ -698,9 +835,11 @@ function poll(job: Job, run: Run, now: number) {
 function abandon_all() {
     for (const [, job] of jobs) {
         const run = job.run;
-        if (run !== undefined && run.dir !== undefined) {
+        if (run !== undefined) {
             kill_run(run);
-            os.execute("rm -rf " + run.dir);
+            if (run.dir !== undefined) {
+                os.execute("rm -rf " + run.dir);
+            }
             job.run = undefined;
         }
     }
@@ -740,10 +879,8 @@ function ensure_ticking(): Result<true> {
         ngx_log(NOTICE, "ngx_aws_token: running commands ", how);
     }
 
-    const [ok, err] = ngx_timer_at(0, tick);
-    if (!ok) {
-        return $multi(undefined, err);
-    }
+    // a first look now; without it, the next tick does the same
+    ngx_timer_at(0, tick);
     return $multi(true, undefined);
 }
 
@@ -834,6 +971,7 @@ function schedule(
 
     const [ok, err] = ensure_ticking();
     if (!ok) {
+        jobs.delete(name);
         ngx_log(ERR, 'ngx_aws_token: cannot schedule "', name, '": ', err);
         return $multi(undefined, "no timer: " + err);
     }
@@ -938,9 +1076,18 @@ export function token(name: string): Result<string> {
         error("token() wants a token name (a string)", 2);
     }
 
-    const dict = storage !== undefined ? storage : find_storage();
+    let dict = storage;
     if (dict === undefined) {
-        return $multi(undefined, "no storage");
+        // until some worker calls set_storage(), look once a second
+        const now = ngx_now();
+        if (now - last_scan < 1) {
+            return $multi(undefined, "no storage");
+        }
+        last_scan = now;
+        dict = find_storage();
+        if (dict === undefined) {
+            return $multi(undefined, "no storage");
+        }
     }
     const [value] = dict.get(name);
     if (value === undefined) {

@@ -266,9 +266,11 @@ function _M.start(opts)
         for k, v in pairs(opts.master_env or _M.AWS_ENV) do
             envs[#envs + 1] = k .. "=" .. quote(v)
         end
-        local out, ok = sh("cd " .. prefix .. " && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "
-                           .. table.concat(envs, " ") .. " " .. bin
-                           .. " -p " .. prefix .. " -c conf/nginx.conf 2>&1")
+        self.start_cmd = "cd " .. prefix
+            .. " && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "
+            .. table.concat(envs, " ") .. " " .. bin .. " -p " .. prefix
+            .. " -c conf/nginx.conf 2>&1"
+        local out, ok = sh(self.start_cmd)
         if ok then
             _M.wait_for(function()
                 return http("GET", self:url("/_state")) ~= nil
@@ -338,6 +340,17 @@ function Nginx:workers()
         pids[#pids + 1] = tonumber(pid)
     end
     return pids
+end
+
+
+--- Stops nginx with `how` ("stop" or "quit") and starts it again with the
+--- same configuration and port; returns what starting printed, and ok.
+function Nginx:restart(how)
+    self:signal(how)
+    _M.wait_for(function()
+        return not read(self.prefix .. "/logs/nginx.pid")
+    end, 10)
+    return sh(self.start_cmd)
 end
 
 
