@@ -1,5 +1,6 @@
 local ____exports = {}
-local get_workdir, sweep_script, str_format, ORPHAN_MINUTES, workdir
+local get_workdir, sweep_script, is_source, str_format, ORPHAN_MINUTES, workdir,
+    SOURCE_MT
 
 
 function get_workdir()
@@ -23,6 +24,11 @@ function sweep_script()
         get_workdir(),
         ORPHAN_MINUTES
     )
+end
+
+
+function is_source(x)
+    return type(x) == "table" and getmetatable(x) == SOURCE_MT
 end
 
 --- ngx_aws_token: keeps short-lived AWS tokens (ECR, CodeArtifact, ...)
@@ -111,6 +117,31 @@ local FD_SCAN = 1024
 --- Bytes of stdout read at most; a token is a few kilobytes.
 local MAX_OUTPUT = 65536
 
+--- A name /bin/sh takes for a variable.
+local ENV_NAME = "^[%a_][%w_]*$"
+
+--- ecr()'s options and the AWS CLI's flags for them.
+local ECR_OPTIONS = {}
+ECR_OPTIONS.region = "--region"
+ECR_OPTIONS.registry_id = "--registry-ids"
+ECR_OPTIONS.profile = "--profile"
+ECR_OPTIONS.endpoint_url = "--endpoint-url"
+ECR_OPTIONS.env = ""
+
+--- codeartifact()'s options and the AWS CLI's flags for them.
+local CA_OPTIONS = {}
+CA_OPTIONS.domain = "--domain"
+CA_OPTIONS.domain_owner = "--domain-owner"
+CA_OPTIONS.duration = "--duration-seconds"
+CA_OPTIONS.region = "--region"
+CA_OPTIONS.profile = "--profile"
+CA_OPTIONS.endpoint_url = "--endpoint-url"
+CA_OPTIONS.env = ""
+
+--- A timestamp as the AWS CLI prints it in ISO 8601.
+local ISO_8601 = "^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ](%d%d):(%d%d):(%d%d)"
+    .. "(%.?%d*)(.*)$"
+
 --- Phases in which a light thread may yield (and ngx.pipe may wait).
 local YIELDABLE = {}
 YIELDABLE.timer = true
@@ -118,12 +149,26 @@ YIELDABLE.rewrite = true
 YIELDABLE.access = true
 YIELDABLE.content = true
 
+--- Seconds a failed fetch waits at most before the next try.
+local DEFAULT_RETRY_MAX = 600
+
+--- The share of a token's lifetime left when it is refreshed.
+local DEFAULT_REFRESH_BEFORE = 0.25
+
+--- A refresh comes up to this share of the lifetime early (at most
+-- MAX_JITTER seconds), so proxies started together do not refresh in step.
+local JITTER = 0.05
+local MAX_JITTER = 300
+
 --- Options that rotate() and manage() accept, and their kind.
 local OPTIONS = {}
 OPTIONS.transform = "function"
 OPTIONS.interval = "number"
 OPTIONS.retry = "number"
+OPTIONS.retry_max = "number"
 OPTIONS.timeout = "number"
+OPTIONS.refresh_before = "number"
+OPTIONS.env = "table"
 local storage
 local storage_name
 local default_interval = DEFAULT_INTERVAL
@@ -134,6 +179,9 @@ local run_count = 0
 local last_scan = -1
 local fd_lib
 local fd_lib_tried = false
+local seed = 0
+local json
+SOURCE_MT = {__name = "ngx_aws_token.source"}
 local has_pipe, pipe_or_err = pcall(require, "ngx.pipe")
 local ngx_pipe = has_pipe and pipe_or_err or nil
 
@@ -301,12 +349,14 @@ end
 -- timeout can kill it together with its children. Directories that a dead
 -- worker never collected are swept by the next run.
 local function runner_script(dir, command, background)
-    local run = str_format(
-        "$S /bin/sh -c %s >%s/out 2>%s/err </dev/null",
-        shell_quote(command),
-        dir,
-        dir
-    )
+    local argv = "/bin/sh -c " .. shell_quote(command.script)
+    if #command.args > 0 then
+        argv = argv .. " sh"
+        for _, arg in ipairs(command.args) do
+            argv = (argv .. " ") .. shell_quote(arg)
+        end
+    end
+    local run = str_format("$S %s >%s/out 2>%s/err </dev/null", argv, dir, dir)
     local setsid = "S=; command -v setsid >/dev/null 2>&1 && S=setsid"
     local head = str_format(
         "u=$(umask); umask 077; mkdir %s || exit 1; : >%s/out; : >%s/err; "
@@ -352,7 +402,7 @@ local function launch(command, background)
                 run_count,
                 math.floor(ngx_now() * 1000)
             )
-            local script = runner_script(dir, PRELUDE .. command, background)
+            local script = runner_script(dir, command, background)
             local rc = os.execute(script)
             if rc == 0 or rc == true then
                 return dir, nil
@@ -458,7 +508,14 @@ end
 --- Runs a command through ngx.pipe; yields instead of blocking, so it needs
 -- a phase that can yield (a timer).
 local function run_pipe(pipe, command, run)
-    local proc, err = pipe.spawn({"/bin/sh", "-c", PRELUDE .. command})
+    local argv = {"/bin/sh", "-c", command.script}
+    if #command.args > 0 then
+        argv[#argv + 1] = "sh"
+        for _, arg in ipairs(command.args) do
+            argv[#argv + 1] = arg
+        end
+    end
+    local proc, err = pipe.spawn(argv)
     if proc == nil then
         return {failure = "could not start the command: " .. err}
     end
@@ -501,44 +558,141 @@ local function run_pipe(pipe, command, run)
 end
 
 
---- Turns what a command printed into the value to store, or says why it
--- must not replace the token there. A header value must be one line.
-local function evaluate(outcome, transform)
+--- Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
+local function days_from_civil(y, m, d)
+    local year = m <= 2 and y - 1 or y
+    local era = math.floor(year / 400)
+    local yoe = year - era * 400
+    local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
+    local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
+end
+
+
+--- Epoch seconds from what the AWS CLI prints for a timestamp: a number
+-- (`cli_timestamp_format = wire`), or ISO 8601 with a zone offset or `Z`
+-- and optional fractional seconds (the default, `iso8601`).
+local function parse_time(v)
+    if type(v) == "number" then
+        return v
+    end
+    if type(v) ~= "string" then
+        return nil
+    end
+    local num = tonumber(v)
+    if num ~= nil then
+        return num
+    end
+    local y, mo, d, h, mi, sec, frac, zone = str_match(v, ISO_8601)
+    if y == nil or zone == nil then
+        return nil
+    end
+    local offset = 0
+    if zone ~= "Z" and zone ~= "z" then
+        local sign, zh, zm = str_match(zone, "^([+-])(%d%d):?(%d%d)$")
+        if sign == nil then
+            return nil
+        end
+        offset = (tonumber(zh) * 3600 + tonumber(zm) * 60) * (
+            sign == "-" and -1 or 1)
+    end
+    local days = days_from_civil(
+        tonumber(y),
+        tonumber(mo),
+        tonumber(d)
+    )
+    local fraction = frac ~= nil and frac ~= "" and tonumber(frac) or 0
+    return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(
+        sec) + fraction - offset
+end
+
+
+--- A number in [0, 1), from a generator of our own (Park-Miller).
+local function rand()
+    if seed == 0 then
+        local now = math.floor(ngx_now() * 1000)
+        seed = (ngx.worker.pid() * 7919 + now) % 2147483646 + 1
+    end
+    seed = seed * 16807 % 2147483647
+    return seed / 2147483647
+end
+
+
+--- Calls a transform for pcall(): its value and expiry, in a table.
+local function call_transform(transform, output)
+    local f = transform
+    local value, expires = f(output)
+    return {value = value, expires = expires}
+end
+
+
+--- Turns what a command printed into the value to store and its expiry (if
+-- known), or says why it must not replace the token. A header value must
+-- be one line.
+local function evaluate(outcome, parse, transform)
     if outcome.failure ~= nil then
-        return nil, outcome.failure
+        return nil, nil, outcome.failure
     end
     if outcome.status ~= 0 then
-        return nil, "exit status " .. tostring(outcome.status)
+        return nil, nil, "exit status " .. tostring(outcome.status)
     end
     local stdout = outcome.stdout ~= nil and outcome.stdout or ""
     if #stdout > MAX_OUTPUT then
-        return nil, ("output over " .. tostring(MAX_OUTPUT)) .. " bytes"
+        local reason = ("output over " .. tostring(MAX_OUTPUT)) .. " bytes"
+        return nil, nil, reason
     end
     local output = trim(stdout)
     if output == "" then
-        return nil, "empty output"
+        return nil, nil, "empty output"
     end
     if output == "None" then
-        return nil, "the CLI printed its null: a --query that "
-            .. "matched nothing?"
+        local reason = "the CLI printed its null: a --query that matched "
+            .. "nothing?"
+        return nil, nil, reason
     end
-    if has_control(output) then
-        return nil, "control characters in output"
+    local value = output
+    local expires = nil
+    local by = "output"
+    if parse ~= nil then
+        local parsed = parse(output)
+        if parsed.err ~= nil then
+            return nil, nil, parsed.err
+        end
+        value = parsed.value
+        expires = parsed.expires
+        by = "the token"
+    elseif transform ~= nil then
+        local ok, res = pcall(call_transform, transform, output)
+        if not ok then
+            local reason = "transform failed: " .. tostring(res)
+            return nil, nil, reason
+        end
+        local ____res_2 = res
+        local v = ____res_2.value
+        local e = ____res_2.expires
+        if type(v) ~= "string" then
+            local reason = "transform returned a " .. type(v)
+            return nil, nil, reason
+        end
+        value = v
+        expires = e
+        by = "the transform's value"
     end
-    if transform == nil then
-        return output, nil
+    if type(value) ~= "string" or value == "" then
+        return nil, nil, by .. " is empty"
     end
-    local ok, value = pcall(transform, output)
-    if not ok then
-        return nil, "transform failed: " .. tostring(value)
+    if has_control(value) then
+        return nil, nil, "control characters in " .. by
     end
-    if type(value) ~= "string" then
-        return nil, "transform returned a " .. type(value)
+    if expires == nil then
+        return value, nil, nil
     end
-    if value == "" or has_control(value) then
-        return nil, "transform returned an empty or bad value"
+    local at = parse_time(expires)
+    if at == nil then
+        local reason = "an expiry that is not a time, from the " .. by
+        return nil, nil, reason
     end
-    return value, nil
+    return value, at, nil
 end
 
 
@@ -586,15 +740,25 @@ local function log_full(name, what, err)
 end
 
 
---- Stores a fresh value; false when the dict refused it. nginx frees the
--- old value before it finds there is no room for a bigger one, so the old
--- one is put back into the space it left.
-local function store(dict, name, value)
+--- The key of one of our facts about token `name` in the user's dict.
+local function meta(kind, name)
+    return (("\0" .. kind) .. ":") .. name
+end
+
+
+--- Stores a fresh value that lives `ttl` seconds (0: for ever); false when
+-- the dict refused it. nginx frees the old value before it finds there is
+-- no room for a bigger one, so the old one is put back into its space.
+local function store(dict, name, value, ttl)
     local old = dict:get(name)
-    local ok, err, forcible = dict:set(name, value)
+    local ok, err, forcible = dict:set(name, value, ttl)
     if not ok then
         if old ~= nil then
-            dict:set(name, old)
+            local expires = dict:get(meta("expires", name))
+            local left = type(expires) == "number" and expires - ngx_now() or 0
+            if left >= 0 then
+                dict:set(name, old, left)
+            end
         end
         log_full(name, "could not be stored in", err)
         return false
@@ -602,13 +766,13 @@ local function store(dict, name, value)
     if forcible then
         log_full(name, "evicted other keys from")
     end
-    dict:set(MARK, true)
+    dict:safe_set(MARK, true)
     return true
 end
 
 
 --- The warning for a failed fetch: name, reason, stderr, what happens.
-local function log_failure(job, outcome, reason)
+local function log_failure(job, outcome, reason, wait)
     local secret = outcome.stdout ~= nil and trim(outcome.stdout) or nil
     local failed = outcome.status ~= nil and outcome.status ~= 0
     local current = nil
@@ -626,9 +790,47 @@ local function log_failure(job, outcome, reason)
         failed and env_hint(outcome) or "",
         current ~= nil and "; keeping the current token" or "",
         "; retrying in ",
-        job.retry,
+        str_format("%g", wait),
         " s"
     )
+end
+
+
+--- Seconds before the next try after `failures` failures in a row: `retry`,
+-- doubling up to `retry_max`, each but the first up to a quarter shorter
+-- so that many proxies spread out.
+local function backoff(job, failures)
+    local cap = math.max(job.retry, job.retry_max)
+    local delay = math.min(job.retry * 2 ^ (failures - 1), cap)
+    if failures <= 1 then
+        return delay
+    end
+    return math.max(
+        job.retry,
+        delay * (1 - 0.25 * rand())
+    )
+end
+
+
+--- Seconds until a token fetched now should be fetched again: once
+-- `refresh_before` of its lifetime is left, a little earlier at random;
+-- every `interval` when its expiry is not known.
+local function refresh_in(job, lifetime)
+    if lifetime == nil then
+        return job.interval
+    end
+    local jitter = rand() * math.min(lifetime * JITTER, MAX_JITTER)
+    local wait = lifetime * (1 - job.refresh_before) - jitter
+    return job.interval_set and math.min(wait, job.interval) or wait
+end
+
+
+--- Records a failure, logs it, and schedules the next try.
+local function fail(job, outcome, reason, now)
+    job.failures = job.failures + 1
+    local wait = backoff(job, job.failures)
+    log_failure(job, outcome, reason, wait)
+    job.due = now + wait
 end
 
 
@@ -650,23 +852,36 @@ local function complete(name, run, outcome)
     end
     ngx_update_time()
     local now = ngx_now()
-    local value, reason = evaluate(outcome, job.transform)
+    local value, expires, reason = evaluate(outcome, job.parse, job.transform)
     if value == nil then
-        log_failure(job, outcome, reason)
-        job.due = now + job.retry
+        fail(job, outcome, reason, now)
+        return
+    end
+    local lifetime = expires ~= nil and expires - now or nil
+    if lifetime ~= nil and lifetime <= 0 then
+        fail(job, outcome, "the token has expired already (clock?)", now)
         return
     end
     local dict = storage ~= nil and storage or find_storage()
-    if dict == nil or not store(dict, name, value) then
-        job.due = now + job.retry
+    if dict == nil or not store(dict, name, value, lifetime or 0) then
+        fail(job, outcome, "the dict refused the token", now)
         return
     end
+    dict:safe_set(
+        meta("fetched", name),
+        now
+    )
+    dict:safe_set(
+        meta("expires", name),
+        expires ~= nil and expires or 0
+    )
+    job.failures = 0
     ngx_log(INFO, "ngx_aws_token: refreshed token \"", name, "\"")
     if job.once then
         jobs[name] = nil
         return
     end
-    job.due = now + job.interval
+    job.due = now + refresh_in(job, lifetime)
 end
 
 
@@ -789,6 +1004,54 @@ local function seconds_ok(value)
 end
 
 
+--- Why `env` is not a table of variable names to values, if it is not.
+local function check_env(fn, env)
+    for name, value in pairs(env) do
+        local ok = nil
+        if type(name) == "string" then
+            ok = str_find(name, ENV_NAME)
+        end
+        if ok == nil then
+            return ((fn .. "() env: \"") .. tostring(name))
+                .. "\" is not a variable name"
+        end
+        if type(value) ~= "string" and type(value) ~= "number" then
+            return ((fn .. "() env: ") .. tostring(name)) .. " must be a string"
+        end
+    end
+    return nil
+end
+
+
+--- Why the options table of rotate() or manage() is wrong, if it is.
+local function check_options(fn, opts)
+    for key, value in pairs(opts) do
+        local kind = OPTIONS[key]
+        if kind == nil then
+            return ((fn .. "() has no option \"") .. tostring(key)) .. "\""
+        end
+        if type(value) ~= kind then
+            return str_format("%s() option \"%s\" is not a %s", fn, key, kind)
+        end
+        if kind == "number" and not seconds_ok(value) then
+            return ((fn .. "() option \"") .. key) .. "\" must be > 0"
+        end
+    end
+    local before = opts.refresh_before
+    if before ~= nil and before >= 1 then
+        return fn .. "() option \"refresh_before\" must be below 1"
+    end
+    local env = opts.env
+    local ____temp_3
+    if env ~= nil then
+        ____temp_3 = check_env(fn, env)
+    else
+        ____temp_3 = nil
+    end
+    return ____temp_3
+end
+
+
 --- Why the arguments of rotate() or manage() are wrong, if they are.
 local function check_args(fn, name, command, arg)
     if type(name) ~= "string" or name == "" then
@@ -797,36 +1060,63 @@ local function check_args(fn, name, command, arg)
     if has_control(name) then
         return nil, fn .. "() wants a name without control bytes"
     end
-    if type(command) ~= "string" or trim(command) == "" then
-        return nil, fn .. "() wants a command (a string)"
+    local preset = is_source(command)
+    if not preset and (type(command) ~= "string" or trim(command) == "") then
+        local what = "a command (a string) or a preset such as ecr()"
+        return nil, (fn .. "() wants ") .. what
     end
     if storage == nil then
         return nil, ("call set_storage() before " .. fn) .. "()"
     end
-    if arg == nil then
-        return {}, nil
-    end
+    local opts = {}
     if type(arg) == "function" then
-        return {transform = arg}, nil
+        opts = {transform = arg}
+    elseif type(arg) == "table" then
+        local bad = check_options(fn, arg)
+        if bad ~= nil then
+            return nil, bad
+        end
+        opts = arg
+    elseif arg ~= nil then
+        local what = "a transform function or an options table"
+        return nil, (fn .. "() wants ") .. what
     end
-    if type(arg) ~= "table" then
-        return nil, fn .. "() wants a transform function or an options table"
-    end
-    local opts = arg
-    for key, value in pairs(opts) do
-        local kind = OPTIONS[key]
-        if kind == nil then
-            return nil, ((fn .. "() has no option \"") .. key) .. "\""
-        end
-        if type(value) ~= kind then
-            local msg = "%s() option \"%s\" is not a %s"
-            return nil, str_format(msg, fn, key, kind)
-        end
-        if kind == "number" and not seconds_ok(value) then
-            return nil, ((fn .. "() option \"") .. key) .. "\" must be > 0"
-        end
+    if preset and opts.transform ~= nil then
+        local why = "a preset makes its own value; drop the transform"
+        return nil, (fn .. "(): ") .. why
     end
     return opts, nil
+end
+
+
+--- The script for /bin/sh: AWS_PAGER, the variables of `env`, `body`.
+local function shell_command(body, args, env)
+    local script = PRELUDE
+    if env ~= nil then
+        for name, value in pairs(env) do
+            local quoted = shell_quote(tostring(value))
+            script = script .. str_format("%s=%s; export %s\n", name, quoted,
+                name)
+        end
+    end
+    return {script = script .. body, args = args}
+end
+
+
+--- What /bin/sh runs for a command string or a preset, with `env`.
+local function to_command(command, env)
+    if not is_source(command) then
+        return shell_command(command, {}, env)
+    end
+    local merged = {}
+    for _, ____table in ipairs({command.env, env}) do
+        if ____table ~= nil then
+            for name, value in pairs(____table) do
+                merged[name] = value
+            end
+        end
+    end
+    return shell_command("exec \"$@\"", command.args, merged)
 end
 
 
@@ -834,14 +1124,24 @@ local function schedule(name, command, opts, once)
     ngx_update_time()
     local job = {
         name = name,
-        command = command,
+        command = to_command(command, opts.env),
+        parse = is_source(command) and command.parse or nil,
         transform = opts.transform,
-        interval = opts.interval ~= nil and opts.interval or default_interval,
-        retry = opts.retry ~= nil and opts.retry or default_retry,
-        timeout = opts.timeout ~= nil and opts.timeout or DEFAULT_TIMEOUT,
+        interval = default_interval,
+        interval_set = opts.interval ~= nil,
+        retry = default_retry,
+        retry_max = DEFAULT_RETRY_MAX,
+        refresh_before = DEFAULT_REFRESH_BEFORE,
+        timeout = DEFAULT_TIMEOUT,
         once = once,
-        due = ngx_now()
+        due = ngx_now(),
+        failures = 0
     }
+    for key, value in pairs(opts) do
+        if OPTIONS[key] == "number" then
+            job[key] = value
+        end
+    end
     local old = jobs[name]
     if old ~= nil and old.run ~= nil then
         old.run.discard = true
@@ -862,6 +1162,103 @@ local function schedule(name, command, opts, once)
         return nil, "no timer: " .. err
     end
     return true, nil
+end
+
+
+--- cjson.safe, loaded when a preset first needs it.
+local function json_decode(text)
+    if json == nil then
+        local ok, mod = pcall(require, "cjson.safe")
+        if not ok then
+            return nil
+        end
+        json = mod
+    end
+    local doc = json.decode(text)
+    return doc
+end
+
+
+--- ECR's answer: {"authorizationData": [{"authorizationToken", "expiresAt"}]}
+local function parse_ecr(output)
+    local doc = json_decode(output)
+    if type(doc) ~= "table" then
+        return {err = "the output is not JSON (is cjson installed?)"}
+    end
+    local list = doc.authorizationData
+    local ____temp_4
+    if type(list) == "table" then
+        ____temp_4 = list[1]
+    else
+        ____temp_4 = nil
+    end
+    local data = ____temp_4
+    if type(data) ~= "table" or type(data.authorizationToken) ~= "string" then
+        return {err = "no authorizationData[0].authorizationToken in output"}
+    end
+    return {value = "Basic " .. data.authorizationToken,
+        expires = data.expiresAt}
+end
+
+
+--- CodeArtifact's answer: {"authorizationToken", "expiration"}
+local function parse_codeartifact(output)
+    local doc = json_decode(output)
+    if type(doc) ~= "table" then
+        return {err = "the output is not JSON (is cjson installed?)"}
+    end
+    if type(doc.authorizationToken) ~= "string" then
+        return {err = "no authorizationToken in output"}
+    end
+    return {value = "Bearer " .. doc.authorizationToken,
+        expires = doc.expiration}
+end
+
+
+--- Checks a preset's options against `known` (name -> kind) and appends
+-- the AWS CLI's options they stand for to `args`; an error message when
+-- they are wrong.
+local function preset_args(fn, options, known, args)
+    if options == nil then
+        return nil
+    end
+    if type(options) ~= "table" then
+        return fn .. "() wants an options table"
+    end
+    for key, value in pairs(options) do
+        local flag = known[key]
+        if flag == nil then
+            return ((fn .. "() has no option \"") .. tostring(key)) .. "\""
+        end
+        if key == "env" then
+            if type(value) ~= "table" then
+                return fn .. "() option \"env\" is not a table"
+            end
+            local bad = check_env(fn, value)
+            if bad ~= nil then
+                return bad
+            end
+        elseif type(value) ~= "string" and type(value) ~= "number" then
+            return ((fn .. "() option \"") .. key) .. "\" is not a string"
+        else
+            args[#args + 1] = flag
+            args[#args + 1] = tostring(value)
+        end
+    end
+    return nil
+end
+
+
+local function make_source(args, options, parse)
+    local ____temp_5
+    if type(options) == "table" then
+        ____temp_5 = options.env
+    else
+        ____temp_5 = nil
+    end
+    local env = ____temp_5
+    local source = {args = args, env = env, parse = parse}
+    return setmetatable(source, SOURCE_MT)
 end
 
 
@@ -912,12 +1309,14 @@ end
 -- Blocks the worker unless ngx.pipe is there and the phase can yield.
 -- (1.0 API.)
 function ____exports.create(command, transform)
-    if type(command) ~= "string" or trim(command) == "" then
-        error("create() wants a command (a non-empty string)", 2)
+    local preset = is_source(command)
+    if not preset and (type(command) ~= "string" or trim(command) == "") then
+        error("create() wants a command (a string) or a preset", 2)
     end
     if transform ~= nil and type(transform) ~= "function" then
         error("create() wants a transform function", 2)
     end
+    local cmd = to_command(command)
     local outcome
     if ngx_pipe ~= nil and YIELDABLE[ngx.get_phase()] == true then
         ngx_update_time()
@@ -926,16 +1325,60 @@ function ____exports.create(command, transform)
             killed = false,
             discard = false
         }
-        outcome = run_pipe(ngx_pipe, command, run)
+        outcome = run_pipe(ngx_pipe, cmd, run)
     else
-        outcome = run_blocking(command)
+        outcome = run_blocking(cmd)
     end
-    local value, reason = evaluate(outcome, transform)
+    local parse = is_source(command) and command.parse or nil
+    local value, _, reason = evaluate(outcome, parse, transform)
     if value == nil then
         local secret = outcome.stdout ~= nil and trim(outcome.stdout) or nil
         return nil, redact(reason, secret)
     end
     return value, nil
+end
+
+
+--- A source for rotate() that runs `aws ecr get-authorization-token` and
+-- stores `Basic <token>` until the token's own `expiresAt`. Options (all
+-- strings): region, registry_id, profile, endpoint_url; env (a table).
+function ____exports.ecr(options)
+    local args = {
+        "aws",
+        "ecr",
+        "get-authorization-token",
+        "--output",
+        "json"
+    }
+    local bad = preset_args("ecr", options, ECR_OPTIONS, args)
+    if bad ~= nil then
+        error(bad, 2)
+    end
+    return make_source(args, options, parse_ecr)
+end
+
+
+--- A source for rotate() that runs `aws codeartifact get-authorization-token`
+-- and stores `Bearer <token>` until its `expiration`. Options: domain
+-- (required), domain_owner, duration (seconds), region, profile,
+-- endpoint_url; env (a table).
+function ____exports.codeartifact(options)
+    local args = {"aws", "codeartifact", "get-authorization-token"}
+    args[#args + 1] = "--output"
+    args[#args + 1] = "json"
+    local bad = preset_args("codeartifact", options, CA_OPTIONS, args)
+    if bad ~= nil then
+        error(bad, 2)
+    end
+    if type(options.domain) ~= "string" or options.domain == "" then
+        error("codeartifact() wants a domain", 2)
+    end
+    local duration = options.duration
+    if duration ~= nil and (type(duration) ~= "number" or duration ~= 0 and (
+        duration < 900 or duration > 43200)) then
+        error("codeartifact() duration must be 0 or 900 to 43200 s", 2)
+    end
+    return make_source(args, options, parse_codeartifact)
 end
 
 
@@ -958,10 +1401,11 @@ function ____exports.token(name)
         end
     end
     local value = dict:get(name)
-    if value == nil then
-        return nil, "not ready"
+    if value ~= nil then
+        return value, nil
     end
-    return value, nil
+    local fetched = dict:get(meta("fetched", name))
+    return nil, fetched ~= nil and "expired" or "not ready"
 end
 
 

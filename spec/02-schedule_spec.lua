@@ -106,7 +106,7 @@ describe("the schedule", function()
         end)
 
 
-    it("rotate() keeps one worker timer through 100 failures in a row",
+    it("rotate() keeps one worker timer through 40 failures in a row",
         function()
             pipe.default = { status = 1, stderr = "Could not connect" }
             m.rotate("ecr", "aws x", { retry = 30 })
@@ -114,16 +114,30 @@ describe("the schedule", function()
             assert.equal(1, #pipe.spawned)
             assert.equal(1, fake.pending())
 
-            for k = 1, 100 do
-                fake.advance(29.5)
-                assert.equal(k, #pipe.spawned)
-                assert.equal(1, fake.pending())
+            -- the time of each try, seen in the worker's 0.5 s steps
+            local at, t = { 0 }, 0
+            while #pipe.spawned < 41 do
                 fake.advance(0.5)
-                assert.equal(k + 1, #pipe.spawned)
+                t = t + 0.5
                 assert.equal(1, fake.pending())
+                if #pipe.spawned > #at then
+                    at[#at + 1] = t
+                end
+                assert(t < 40 * 600, "tries stopped")
             end
             -- one warning per failed attempt, no more
-            assert.equal(101, #fake.logged(ngx.WARN))
+            assert.equal(41, #fake.logged(ngx.WARN))
+
+            -- the n-th wait: 30 s doubling to the 600 s cap, each but the
+            -- first up to a quarter shorter, never below `retry`
+            for n = 1, 40 do
+                local full = math.min(30 * 2 ^ (n - 1), 600)
+                local low = n == 1 and full or math.max(30, 0.75 * full)
+                local wait = at[n + 1] - at[n]
+                assert(wait >= low and wait <= full + 0.5,
+                       ("wait %d was %g, not in [%g, %g]")
+                       :format(n, wait, low, full))
+            end
         end)
 
 
@@ -276,7 +290,10 @@ describe("the schedule", function()
             assert.equal(1, #pipe.spawned)
             fake.advance(0.5)
             assert.equal(2, #pipe.spawned)
-            fake.advance(5)
+            -- the second failure in a row waits 10 s, up to a quarter less
+            fake.advance(7)
+            assert.equal(2, #pipe.spawned)
+            fake.advance(3)
             assert.equal(3, #pipe.spawned)
             assert.equal("tok", m.token("ecr"))
             fake.advance(3600)

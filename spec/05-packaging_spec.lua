@@ -21,14 +21,15 @@ end
 describe("the shipped file lua/ngx_aws_token.lua", function()
     local source = read("lua/ngx_aws_token.lua")
 
-    it("requires only ngx.pipe and LuaJIT's ffi, each under pcall",
+    it("requires only ngx.pipe, LuaJIT's ffi and cjson, each under pcall",
        function()
         local required = {}
-        for call in source:gmatch("[%w_.(]*require[^\n]*") do
+        for call in source:gmatch("[%w_.(]*require[%s(,][^\n]*") do
             required[#required + 1] = call
         end
         assert.same({ 'pcall(require, "ngx.pipe")',
-                      'pcall(require, "ffi")' }, required)
+                      'pcall(require, "ffi")',
+                      'pcall(require, "cjson.safe")' }, required)
     end)
 
     it("needs no TypeScriptToLua helper", function()

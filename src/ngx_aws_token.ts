@@ -109,6 +109,31 @@ const FD_SCAN = 1024;
 /** Bytes of stdout read at most; a token is a few kilobytes. */
 const MAX_OUTPUT = 65536;
 
+/** A name /bin/sh takes for a variable. */
+const ENV_NAME = "^[%a_][%w_]*$";
+
+/** ecr()'s options and the AWS CLI's flags for them. */
+const ECR_OPTIONS: LuaTable<string, string> = new LuaTable();
+ECR_OPTIONS.set("region", "--region");
+ECR_OPTIONS.set("registry_id", "--registry-ids");
+ECR_OPTIONS.set("profile", "--profile");
+ECR_OPTIONS.set("endpoint_url", "--endpoint-url");
+ECR_OPTIONS.set("env", "");
+
+/** codeartifact()'s options and the AWS CLI's flags for them. */
+const CA_OPTIONS: LuaTable<string, string> = new LuaTable();
+CA_OPTIONS.set("domain", "--domain");
+CA_OPTIONS.set("domain_owner", "--domain-owner");
+CA_OPTIONS.set("duration", "--duration-seconds");
+CA_OPTIONS.set("region", "--region");
+CA_OPTIONS.set("profile", "--profile");
+CA_OPTIONS.set("endpoint_url", "--endpoint-url");
+CA_OPTIONS.set("env", "");
+
+/** A timestamp as the AWS CLI prints it in ISO 8601. */
+const ISO_8601 = "^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ](%d%d):(%d%d):(%d%d)"
+    + "(%.?%d*)(.*)$";
+
 /** Phases in which a light thread may yield (and ngx.pipe may wait). */
 const YIELDABLE: LuaTable<string, boolean> = new LuaTable();
 YIELDABLE.set("timer", true);
@@ -116,20 +141,68 @@ YIELDABLE.set("rewrite", true);
 YIELDABLE.set("access", true);
 YIELDABLE.set("content", true);
 
+/** Seconds a failed fetch waits at most before the next try. */
+const DEFAULT_RETRY_MAX = 600;
+
+/** The share of a token's lifetime left when it is refreshed. */
+const DEFAULT_REFRESH_BEFORE = 0.25;
+
+/**
+ * A refresh comes up to this share of the lifetime early (at most
+ * MAX_JITTER seconds), so proxies started together do not refresh in step.
+ */
+const JITTER = 0.05;
+const MAX_JITTER = 300;
+
 /** Options that rotate() and manage() accept, and their kind. */
 const OPTIONS: LuaTable<string, string> = new LuaTable();
 OPTIONS.set("transform", "function");
 OPTIONS.set("interval", "number");
 OPTIONS.set("retry", "number");
+OPTIONS.set("retry_max", "number");
 OPTIONS.set("timeout", "number");
+OPTIONS.set("refresh_before", "number");
+OPTIONS.set("env", "table");
 
+/** Turns a command's output into the value, and optionally its expiry. */
 type Transform = (this: void, output: string) => unknown;
+
+/** Variables set for one command only: name -> value. */
+type Env = LuaTable<string, string | number>;
 
 interface RotateOptions {
     transform?: Transform;
     interval?: number;
     retry?: number;
+    retry_max?: number;
     timeout?: number;
+    refresh_before?: number;
+    env?: Env;
+}
+
+/** What a preset's parser found in the output. */
+interface Parsed {
+    value?: string;
+    expires?: unknown;
+    err?: string;
+}
+
+type Parse = (this: void, output: string) => Parsed;
+
+/**
+ * A command built by a preset (ecr(), codeartifact()): an argument vector
+ * run without a shell, and the parser for its JSON output.
+ */
+interface Source {
+    args: string[];
+    env?: Env;
+    parse: Parse;
+}
+
+/** What /bin/sh runs: a script and its positional parameters. */
+interface Command {
+    script: string;
+    args: string[];
 }
 
 /** What a command did: its exit status and output, or why it did not run. */
@@ -154,14 +227,20 @@ interface Run {
 
 interface Job {
     name: string;
-    command: string;
+    command: Command;
+    parse?: Parse;
     transform?: Transform;
     interval: number;
+    /** The user chose `interval`: it caps a schedule from the expiry. */
+    interval_set: boolean;
     retry: number;
+    retry_max: number;
+    refresh_before: number;
     timeout: number;
     /** manage(): stop once a token is stored. */
     once: boolean;
     due: number;
+    failures: number;
     run?: Run;
 }
 
@@ -178,6 +257,11 @@ let workdir: string | undefined;
 let last_scan = -1;
 let fd_lib: FdLib | undefined;
 let fd_lib_tried = false;
+let seed = 0;
+let json: JsonModule | undefined;
+
+/** Tags the tables that ecr() and codeartifact() return. */
+const SOURCE_MT = { __name: "ngx_aws_token.source" };
 
 /** The libc calls that keep nginx's descriptors out of our commands. */
 interface FdLib {
@@ -374,13 +458,15 @@ function get_workdir(): string {
  * timeout can kill it together with its children. Directories that a dead
  * worker never collected are swept by the next run.
  */
-function runner_script(dir: string, command: string, background: boolean) {
-    const run = str_format(
-        "$S /bin/sh -c %s >%s/out 2>%s/err </dev/null",
-        shell_quote(command),
-        dir,
-        dir
-    );
+function runner_script(dir: string, command: Command, background: boolean) {
+    let argv = "/bin/sh -c " + shell_quote(command.script);
+    if (command.args.length > 0) {
+        argv = argv + " sh";
+        for (const arg of command.args) {
+            argv = argv + " " + shell_quote(arg);
+        }
+    }
+    const run = str_format("$S %s >%s/out 2>%s/err </dev/null", argv, dir, dir);
     const setsid = "S=; command -v setsid >/dev/null 2>&1 && S=setsid";
     // the files holding output are the user's alone; the command itself
     // runs with the worker's own umask
@@ -416,7 +502,7 @@ function sweep_script(): string {
 
 
 /** Starts `command` through /bin/sh; returns its private directory. */
-function launch(command: string, background: boolean): Result<string> {
+function launch(command: Command, background: boolean): Result<string> {
     cloexec_all();
     for (;;) {
         run_count = run_count + 1;
@@ -429,7 +515,7 @@ function launch(command: string, background: boolean): Result<string> {
             Math.floor(ngx_now() * 1000)
         );
 
-        const script = runner_script(dir, PRELUDE + command, background);
+        const script = runner_script(dir, command, background);
         const rc: unknown = os.execute(script);
         // LuaJIT gives the raw status; with 5.2 compatibility, true
         if (rc === 0 || rc === true) {
@@ -499,7 +585,7 @@ function kill_run(run: Run) {
 
 
 /** Runs a command to its end, blocking this worker while it runs. */
-function run_blocking(command: string): Outcome {
+function run_blocking(command: Command): Outcome {
     const [dir, err] = launch(command, false);
     if (dir === undefined) {
         return { failure: err };
@@ -537,8 +623,16 @@ function read_stream(
  * Runs a command through ngx.pipe; yields instead of blocking, so it needs
  * a phase that can yield (a timer).
  */
-function run_pipe(pipe: NgxPipeModule, command: string, run: Run): Outcome {
-    const [proc, err] = pipe.spawn(["/bin/sh", "-c", PRELUDE + command]);
+function run_pipe(pipe: NgxPipeModule, command: Command, run: Run): Outcome {
+    const argv = ["/bin/sh", "-c", command.script];
+    if (command.args.length > 0) {
+        // $0, then the positional parameters
+        argv[argv.length] = "sh";
+        for (const arg of command.args) {
+            argv[argv.length] = arg;
+        }
+    }
+    const [proc, err] = pipe.spawn(argv);
     if (proc === undefined) {
         return { failure: "could not start the command: " + err };
     }
@@ -577,49 +671,159 @@ function run_pipe(pipe: NgxPipeModule, command: string, run: Run): Outcome {
 }
 
 
+/** Days from 1970-01-01 to a date of the proleptic Gregorian calendar. */
+function days_from_civil(y: number, m: number, d: number): number {
+    // years start in March, so the leap day ends a year
+    const year = m <= 2 ? y - 1 : y;
+    const era = Math.floor(year / 400);
+    const yoe = year - era * 400;
+    const doy = Math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1;
+    const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
+    return era * 146097 + doe - 719468;
+}
+
+
 /**
- * Turns what a command printed into the value to store, or says why it
- * must not replace the token there. A header value must be one line.
+ * Epoch seconds from what the AWS CLI prints for a timestamp: a number
+ * (`cli_timestamp_format = wire`), or ISO 8601 with a zone offset or `Z`
+ * and optional fractional seconds (the default, `iso8601`).
  */
-function evaluate(outcome: Outcome, transform?: Transform): Result<string> {
+function parse_time(v: unknown): number | undefined {
+    if (typeof v === "number") {
+        return v;
+    }
+    if (typeof v !== "string") {
+        return undefined;
+    }
+    const num = tonumber(v);
+    if (num !== undefined) {
+        return num;
+    }
+
+    const [y, mo, d, h, mi, sec, frac, zone] = str_match(v, ISO_8601);
+    if (y === undefined || zone === undefined) {
+        return undefined;
+    }
+    let offset = 0;
+    if (zone !== "Z" && zone !== "z") {
+        const [sign, zh, zm] = str_match(zone, "^([+-])(%d%d):?(%d%d)$");
+        if (sign === undefined) {
+            return undefined;
+        }
+        offset = (tonumber(zh)! * 3600 + tonumber(zm)! * 60)
+            * (sign === "-" ? -1 : 1);
+    }
+
+    const days = days_from_civil(tonumber(y)!, tonumber(mo)!, tonumber(d)!);
+    const fraction = frac !== undefined && frac !== "" ? tonumber(frac)! : 0;
+    return days * 86400 + tonumber(h)! * 3600 + tonumber(mi)! * 60
+        + tonumber(sec)! + fraction - offset;
+}
+
+
+/** A number in [0, 1), from a generator of our own (Park-Miller). */
+function rand(): number {
+    if (seed === 0) {
+        // math.randomseed() would change the sequence for everyone else
+        const now = Math.floor(ngx_now() * 1000);
+        seed = ((ngx.worker.pid() * 7919 + now) % 2147483646) + 1;
+    }
+    seed = (seed * 16807) % 2147483647;
+    return seed / 2147483647;
+}
+
+
+/** Calls a transform for pcall(): its value and expiry, in a table. */
+function call_transform(this: void, transform: Transform, output: string) {
+    const f = transform as unknown as (
+        this: void,
+        output: string
+    ) => LuaMultiReturn<[unknown, unknown]>;
+    const [value, expires] = f(output);
+    return { value: value, expires: expires };
+}
+
+
+/**
+ * Turns what a command printed into the value to store and its expiry (if
+ * known), or says why it must not replace the token. A header value must
+ * be one line.
+ */
+function evaluate(
+    outcome: Outcome,
+    parse: Parse | undefined,
+    transform: Transform | undefined
+): LuaMultiReturn<
+    [string, number | undefined, undefined] | [undefined, undefined, string]
+> {
     if (outcome.failure !== undefined) {
-        return $multi(undefined, outcome.failure);
+        return $multi(undefined, undefined, outcome.failure);
     }
     if (outcome.status !== 0) {
-        return $multi(undefined, "exit status " + outcome.status);
+        return $multi(undefined, undefined, "exit status " + outcome.status);
     }
 
     const stdout = outcome.stdout !== undefined ? outcome.stdout : "";
     if (stdout.length > MAX_OUTPUT) {
-        return $multi(undefined, "output over " + MAX_OUTPUT + " bytes");
+        const reason = "output over " + MAX_OUTPUT + " bytes";
+        return $multi(undefined, undefined, reason);
     }
     const output = trim(stdout);
     if (output === "") {
-        return $multi(undefined, "empty output");
+        return $multi(undefined, undefined, "empty output");
     }
     if (output === "None") {
         // what the AWS CLI prints when a --query matches nothing
-        return $multi(undefined, "the CLI printed its null: a --query that "
-            + "matched nothing?");
-    }
-    if (has_control(output)) {
-        return $multi(undefined, "control characters in output");
-    }
-    if (transform === undefined) {
-        return $multi(output, undefined);
+        const reason = "the CLI printed its null: a --query that matched "
+            + "nothing?";
+        return $multi(undefined, undefined, reason);
     }
 
-    const [ok, value] = pcall(transform, output);
-    if (!ok) {
-        return $multi(undefined, "transform failed: " + tostring(value));
+    let value: unknown = output;
+    let expires: unknown = undefined;
+    let by = "output";
+    if (parse !== undefined) {
+        const parsed = parse(output);
+        if (parsed.err !== undefined) {
+            return $multi(undefined, undefined, parsed.err);
+        }
+        value = parsed.value;
+        expires = parsed.expires;
+        by = "the token";
+    } else if (transform !== undefined) {
+        const [ok, res] = pcall(call_transform, transform, output);
+        if (!ok) {
+            const reason = "transform failed: " + tostring(res);
+            return $multi(undefined, undefined, reason);
+        }
+        const { value: v, expires: e } = res as {
+            value: unknown;
+            expires: unknown;
+        };
+        if (typeof v !== "string") {
+            const reason = "transform returned a " + type(v);
+            return $multi(undefined, undefined, reason);
+        }
+        value = v;
+        expires = e;
+        by = "the transform's value";
     }
-    if (typeof value !== "string") {
-        return $multi(undefined, "transform returned a " + type(value));
+
+    if (typeof value !== "string" || value === "") {
+        return $multi(undefined, undefined, by + " is empty");
     }
-    if (value === "" || has_control(value)) {
-        return $multi(undefined, "transform returned an empty or bad value");
+    if (has_control(value)) {
+        return $multi(undefined, undefined, "control characters in " + by);
     }
-    return $multi(value, undefined);
+    if (expires === undefined) {
+        return $multi(value, undefined, undefined);
+    }
+    const at = parse_time(expires);
+    if (at === undefined) {
+        const reason = "an expiry that is not a time, from the " + by;
+        return $multi(undefined, undefined, reason);
+    }
+    return $multi(value, at, undefined);
 }
 
 
@@ -669,17 +873,27 @@ function log_full(name: string, what: string, err?: string) {
 }
 
 
+/** The key of one of our facts about token `name` in the user's dict. */
+function meta(kind: string, name: string): string {
+    return "\0" + kind + ":" + name;
+}
+
+
 /**
- * Stores a fresh value; false when the dict refused it. nginx frees the
- * old value before it finds there is no room for a bigger one, so the old
- * one is put back into the space it left.
+ * Stores a fresh value that lives `ttl` seconds (0: for ever); false when
+ * the dict refused it. nginx frees the old value before it finds there is
+ * no room for a bigger one, so the old one is put back into its space.
  */
-function store(dict: NgxSharedDict, name: string, value: string) {
+function store(dict: NgxSharedDict, name: string, value: string, ttl: number) {
     const [old] = dict.get(name);
-    const [ok, err, forcible] = dict.set(name, value);
+    const [ok, err, forcible] = dict.set(name, value, ttl);
     if (!ok) {
         if (old !== undefined) {
-            dict.set(name, old);
+            const [expires] = dict.get(meta("expires", name));
+            const left = typeof expires === "number" ? expires - ngx_now() : 0;
+            if (left >= 0) {
+                dict.set(name, old, left);
+            }
         }
         log_full(name, "could not be stored in", err);
         return false;
@@ -688,14 +902,15 @@ function store(dict: NgxSharedDict, name: string, value: string) {
         log_full(name, "evicted other keys from");
     }
 
-    // eviction may have taken the mark that other workers look for
-    dict.set(MARK, true);
+    // eviction may have taken the mark that other workers look for; our
+    // own keys never push out a token
+    dict.safe_set(MARK, true);
     return true;
 }
 
 
 /** The warning for a failed fetch: name, reason, stderr, what happens. */
-function log_failure(job: Job, outcome: Outcome, reason: string) {
+function log_failure(job: Job, outcome: Outcome, reason: string, wait: number) {
     const secret =
         outcome.stdout !== undefined ? trim(outcome.stdout) : undefined;
     const failed = outcome.status !== undefined && outcome.status !== 0;
@@ -715,9 +930,48 @@ function log_failure(job: Job, outcome: Outcome, reason: string) {
         failed ? env_hint(outcome) : "",
         current !== undefined ? "; keeping the current token" : "",
         "; retrying in ",
-        job.retry,
+        str_format("%g", wait),
         " s"
     );
+}
+
+
+/**
+ * Seconds before the next try after `failures` failures in a row: `retry`,
+ * doubling up to `retry_max`, each but the first up to a quarter shorter
+ * so that many proxies spread out.
+ */
+function backoff(job: Job, failures: number): number {
+    const cap = Math.max(job.retry, job.retry_max);
+    const delay = Math.min(job.retry * 2 ** (failures - 1), cap);
+    if (failures <= 1) {
+        return delay;
+    }
+    return Math.max(job.retry, delay * (1 - 0.25 * rand()));
+}
+
+
+/**
+ * Seconds until a token fetched now should be fetched again: once
+ * `refresh_before` of its lifetime is left, a little earlier at random;
+ * every `interval` when its expiry is not known.
+ */
+function refresh_in(job: Job, lifetime: number | undefined): number {
+    if (lifetime === undefined) {
+        return job.interval;
+    }
+    const jitter = rand() * Math.min(lifetime * JITTER, MAX_JITTER);
+    const wait = lifetime * (1 - job.refresh_before) - jitter;
+    return job.interval_set ? Math.min(wait, job.interval) : wait;
+}
+
+
+/** Records a failure, logs it, and schedules the next try. */
+function fail(job: Job, outcome: Outcome, reason: string, now: number) {
+    job.failures = job.failures + 1;
+    const wait = backoff(job, job.failures);
+    log_failure(job, outcome, reason, wait);
+    job.due = now + wait;
 }
 
 
@@ -740,25 +994,32 @@ function complete(name: string, run: Run, outcome: Outcome) {
 
     ngx_update_time();
     const now = ngx_now();
-    const [value, reason] = evaluate(outcome, job.transform);
+    const [value, expires, reason] = evaluate(outcome, job.parse, job.transform);
     if (value === undefined) {
-        log_failure(job, outcome, reason);
-        job.due = now + job.retry;
+        fail(job, outcome, reason, now);
+        return;
+    }
+    const lifetime = expires !== undefined ? expires - now : undefined;
+    if (lifetime !== undefined && lifetime <= 0) {
+        fail(job, outcome, "the token has expired already (clock?)", now);
         return;
     }
 
     const dict = storage !== undefined ? storage : find_storage();
-    if (dict === undefined || !store(dict, name, value)) {
-        job.due = now + job.retry;
+    if (dict === undefined || !store(dict, name, value, lifetime || 0)) {
+        fail(job, outcome, "the dict refused the token", now);
         return;
     }
+    dict.safe_set(meta("fetched", name), now);
+    dict.safe_set(meta("expires", name), expires !== undefined ? expires : 0);
 
+    job.failures = 0;
     ngx_log(INFO, 'ngx_aws_token: refreshed token "', name, '"');
     if (job.once) {
         jobs.delete(name);
         return;
     }
-    job.due = now + job.interval;
+    job.due = now + refresh_in(job, lifetime);
 }
 
 
@@ -890,6 +1151,47 @@ function seconds_ok(value: unknown): boolean {
 }
 
 
+/** Why `env` is not a table of variable names to values, if it is not. */
+function check_env(fn: string, env: unknown): string | undefined {
+    for (const [name, value] of env as LuaTable<AnyNotNil, unknown>) {
+        let ok: number | undefined = undefined;
+        if (typeof name === "string") {
+            [ok] = str_find(name, ENV_NAME);
+        }
+        if (ok === undefined) {
+            return `${fn}() env: "${tostring(name)}" is not a variable name`;
+        }
+        if (typeof value !== "string" && typeof value !== "number") {
+            return `${fn}() env: ${name} must be a string`;
+        }
+    }
+    return undefined;
+}
+
+
+/** Why the options table of rotate() or manage() is wrong, if it is. */
+function check_options(fn: string, opts: LuaTable<string, unknown>) {
+    for (const [key, value] of opts) {
+        const kind = OPTIONS.get(key);
+        if (kind === undefined) {
+            return `${fn}() has no option "${tostring(key)}"`;
+        }
+        if (type(value) !== kind) {
+            return str_format('%s() option "%s" is not a %s', fn, key, kind);
+        }
+        if (kind === "number" && !seconds_ok(value)) {
+            return `${fn}() option "${key}" must be > 0`;
+        }
+    }
+    const before = opts.get("refresh_before");
+    if (before !== undefined && (before as number) >= 1) {
+        return `${fn}() option "refresh_before" must be below 1`;
+    }
+    const env = opts.get("env");
+    return env !== undefined ? check_env(fn, env) : undefined;
+}
+
+
 /** Why the arguments of rotate() or manage() are wrong, if they are. */
 function check_args(
     fn: string,
@@ -903,61 +1205,101 @@ function check_args(
     if (has_control(name)) {
         return $multi(undefined, `${fn}() wants a name without control bytes`);
     }
-    if (typeof command !== "string" || trim(command) === "") {
-        return $multi(undefined, `${fn}() wants a command (a string)`);
+    const preset = is_source(command);
+    if (!preset && (typeof command !== "string" || trim(command) === "")) {
+        const what = "a command (a string) or a preset such as ecr()";
+        return $multi(undefined, `${fn}() wants ${what}`);
     }
     if (storage === undefined) {
         return $multi(undefined, `call set_storage() before ${fn}()`);
     }
-    if (arg === undefined) {
-        return $multi({}, undefined);
-    }
-    if (typeof arg === "function") {
-        return $multi({ transform: arg as Transform }, undefined);
-    }
-    if (typeof arg !== "object") {
-        return $multi(
-            undefined,
-            `${fn}() wants a transform function or an options table`
-        );
-    }
 
-    const opts = arg as LuaTable<string, unknown>;
-    for (const [key, value] of opts) {
-        const kind = OPTIONS.get(key);
-        if (kind === undefined) {
-            return $multi(undefined, `${fn}() has no option "${key}"`);
+    let opts: RotateOptions = {};
+    if (typeof arg === "function") {
+        opts = { transform: arg as Transform };
+    } else if (typeof arg === "object") {
+        const bad = check_options(fn, arg as LuaTable<string, unknown>);
+        if (bad !== undefined) {
+            return $multi(undefined, bad);
         }
-        if (type(value) !== kind) {
-            const msg = '%s() option "%s" is not a %s';
-            return $multi(undefined, str_format(msg, fn, key, kind));
-        }
-        if (kind === "number" && !seconds_ok(value)) {
-            return $multi(undefined, `${fn}() option "${key}" must be > 0`);
+        opts = arg as RotateOptions;
+    } else if (arg !== undefined) {
+        const what = "a transform function or an options table";
+        return $multi(undefined, `${fn}() wants ${what}`);
+    }
+    if (preset && opts.transform !== undefined) {
+        const why = "a preset makes its own value; drop the transform";
+        return $multi(undefined, `${fn}(): ${why}`);
+    }
+    return $multi(opts, undefined);
+}
+
+
+/** True for what ecr() and codeartifact() return. */
+function is_source(x: unknown): x is Source {
+    return typeof x === "object" && getmetatable(x) === SOURCE_MT;
+}
+
+
+/** The script for /bin/sh: AWS_PAGER, the variables of `env`, `body`. */
+function shell_command(body: string, args: string[], env?: Env): Command {
+    let script = PRELUDE;
+    if (env !== undefined) {
+        for (const [name, value] of env) {
+            const quoted = shell_quote(tostring(value));
+            script = script + str_format("%s=%s; export %s\n", name, quoted, name);
         }
     }
-    return $multi(opts as RotateOptions, undefined);
+    return { script: script + body, args: args };
+}
+
+
+/** What /bin/sh runs for a command string or a preset, with `env`. */
+function to_command(command: string | Source, env?: Env): Command {
+    if (!is_source(command)) {
+        return shell_command(command, [], env);
+    }
+    // the preset's variables first; rotate()'s own override them
+    const merged: Env = new LuaTable();
+    for (const table of [command.env, env]) {
+        if (table !== undefined) {
+            for (const [name, value] of table) {
+                merged.set(name, value);
+            }
+        }
+    }
+    return shell_command('exec "$@"', command.args, merged);
 }
 
 
 function schedule(
     name: string,
-    command: string,
+    command: string | Source,
     opts: RotateOptions,
     once: boolean
 ): Result<true> {
     ngx_update_time();
     const job: Job = {
         name: name,
-        command: command,
+        command: to_command(command, opts.env),
+        parse: is_source(command) ? command.parse : undefined,
         transform: opts.transform,
-        interval:
-            opts.interval !== undefined ? opts.interval : default_interval,
-        retry: opts.retry !== undefined ? opts.retry : default_retry,
-        timeout: opts.timeout !== undefined ? opts.timeout : DEFAULT_TIMEOUT,
+        interval: default_interval,
+        interval_set: opts.interval !== undefined,
+        retry: default_retry,
+        retry_max: DEFAULT_RETRY_MAX,
+        refresh_before: DEFAULT_REFRESH_BEFORE,
+        timeout: DEFAULT_TIMEOUT,
         once: once,
         due: ngx_now(),
+        failures: 0,
     };
+    // the options given replace the defaults
+    for (const [key, value] of opts as LuaTable<string, unknown>) {
+        if (OPTIONS.get(key) === "number") {
+            (job as unknown as LuaTable<string, unknown>).set(key, value);
+        }
+    }
 
     // a command still running for the old schedule is stopped; the new
     // one starts when it has gone
@@ -976,6 +1318,104 @@ function schedule(
         return $multi(undefined, "no timer: " + err);
     }
     return $multi(true, undefined);
+}
+
+
+/** cjson.safe, loaded when a preset first needs it. */
+function json_decode(text: string): unknown {
+    if (json === undefined) {
+        const [ok, mod] = pcall(require, "cjson.safe");
+        if (!ok) {
+            return undefined;
+        }
+        json = mod as JsonModule;
+    }
+    const [doc] = json.decode(text);
+    return doc;
+}
+
+
+/** ECR's answer: {"authorizationData": [{"authorizationToken", "expiresAt"}]} */
+function parse_ecr(this: void, output: string): Parsed {
+    const doc = json_decode(output) as
+        | { authorizationData?: { authorizationToken?: unknown;
+                                  expiresAt?: unknown }[] }
+        | undefined;
+    if (typeof doc !== "object") {
+        return { err: "the output is not JSON (is cjson installed?)" };
+    }
+    const list = doc.authorizationData;
+    const data = typeof list === "object" ? list[0] : undefined;
+    if (typeof data !== "object" || typeof data.authorizationToken !== "string") {
+        return { err: "no authorizationData[0].authorizationToken in output" };
+    }
+    return { value: "Basic " + data.authorizationToken, expires: data.expiresAt };
+}
+
+
+/** CodeArtifact's answer: {"authorizationToken", "expiration"} */
+function parse_codeartifact(this: void, output: string): Parsed {
+    const doc = json_decode(output) as
+        | { authorizationToken?: unknown; expiration?: unknown }
+        | undefined;
+    if (typeof doc !== "object") {
+        return { err: "the output is not JSON (is cjson installed?)" };
+    }
+    if (typeof doc.authorizationToken !== "string") {
+        return { err: "no authorizationToken in output" };
+    }
+    return { value: "Bearer " + doc.authorizationToken, expires: doc.expiration };
+}
+
+
+/**
+ * Checks a preset's options against `known` (name -> kind) and appends
+ * the AWS CLI's options they stand for to `args`; an error message when
+ * they are wrong.
+ */
+function preset_args(
+    fn: string,
+    options: unknown,
+    known: LuaTable<string, string>,
+    args: string[]
+): string | undefined {
+    if (options === undefined) {
+        return undefined;
+    }
+    if (typeof options !== "object") {
+        return `${fn}() wants an options table`;
+    }
+    for (const [key, value] of options as LuaTable<string, unknown>) {
+        const flag = known.get(key);
+        if (flag === undefined) {
+            return `${fn}() has no option "${tostring(key)}"`;
+        }
+        if (key === "env") {
+            if (typeof value !== "object") {
+                return `${fn}() option "env" is not a table`;
+            }
+            const bad = check_env(fn, value);
+            if (bad !== undefined) {
+                return bad;
+            }
+        } else if (typeof value !== "string" && typeof value !== "number") {
+            return `${fn}() option "${key}" is not a string`;
+        } else {
+            args[args.length] = flag;
+            args[args.length] = tostring(value);
+        }
+    }
+    return undefined;
+}
+
+
+function make_source(args: string[], options: unknown, parse: Parse): Source {
+    const env =
+        typeof options === "object"
+            ? (options as { env?: Env }).env
+            : undefined;
+    const source: Source = { args: args, env: env, parse: parse };
+    return setmetatable(source, SOURCE_MT as LuaMetatable<Source>);
 }
 
 
@@ -1001,7 +1441,7 @@ export function set_storage(dict: NgxSharedDict): void {
  */
 export function rotate(
     name: string,
-    command: string,
+    command: string | Source,
     options?: Transform | RotateOptions
 ): Result<true> {
     const [opts, bad] = check_args("rotate", name, command, options);
@@ -1019,7 +1459,7 @@ export function rotate(
  */
 export function manage(
     name: string,
-    command: string,
+    command: string | Source,
     options?: Transform | RotateOptions
 ): Result<true> {
     const [opts, bad] = check_args("manage", name, command, options);
@@ -1036,14 +1476,19 @@ export function manage(
  * Blocks the worker unless ngx.pipe is there and the phase can yield.
  * (1.0 API.)
  */
-export function create(command: string, transform?: Transform): Result<string> {
-    if (typeof command !== "string" || trim(command) === "") {
-        error("create() wants a command (a non-empty string)", 2);
+export function create(
+    command: string | Source,
+    transform?: Transform
+): Result<string> {
+    const preset = is_source(command);
+    if (!preset && (typeof command !== "string" || trim(command) === "")) {
+        error("create() wants a command (a string) or a preset", 2);
     }
     if (transform !== undefined && typeof transform !== "function") {
         error("create() wants a transform function", 2);
     }
 
+    const cmd = to_command(command);
     let outcome: Outcome;
     if (ngx_pipe !== undefined && YIELDABLE.get(ngx.get_phase()) === true) {
         ngx_update_time();
@@ -1052,18 +1497,78 @@ export function create(command: string, transform?: Transform): Result<string> {
             killed: false,
             discard: false,
         };
-        outcome = run_pipe(ngx_pipe, command, run);
+        outcome = run_pipe(ngx_pipe, cmd, run);
     } else {
-        outcome = run_blocking(command);
+        outcome = run_blocking(cmd);
     }
 
-    const [value, reason] = evaluate(outcome, transform);
+    const parse = is_source(command) ? command.parse : undefined;
+    const [value, , reason] = evaluate(outcome, parse, transform);
     if (value === undefined) {
         const secret =
             outcome.stdout !== undefined ? trim(outcome.stdout) : undefined;
         return $multi(undefined, redact(reason, secret));
     }
     return $multi(value, undefined);
+}
+
+
+/**
+ * A source for rotate() that runs `aws ecr get-authorization-token` and
+ * stores `Basic <token>` until the token's own `expiresAt`. Options (all
+ * strings): region, registry_id, profile, endpoint_url; env (a table).
+ */
+export function ecr(options?: {
+    region?: string;
+    registry_id?: string;
+    profile?: string;
+    endpoint_url?: string;
+    env?: Env;
+}): Source {
+    const args = ["aws", "ecr", "get-authorization-token", "--output", "json"];
+    const bad = preset_args("ecr", options, ECR_OPTIONS, args);
+    if (bad !== undefined) {
+        error(bad, 2);
+    }
+    return make_source(args, options, parse_ecr);
+}
+
+
+/**
+ * A source for rotate() that runs `aws codeartifact get-authorization-token`
+ * and stores `Bearer <token>` until its `expiration`. Options: domain
+ * (required), domain_owner, duration (seconds), region, profile,
+ * endpoint_url; env (a table).
+ */
+export function codeartifact(options: {
+    domain: string;
+    domain_owner?: string;
+    duration?: number;
+    region?: string;
+    profile?: string;
+    endpoint_url?: string;
+    env?: Env;
+}): Source {
+    const args = ["aws", "codeartifact", "get-authorization-token"];
+    args[args.length] = "--output";
+    args[args.length] = "json";
+    const bad = preset_args("codeartifact", options, CA_OPTIONS, args);
+    if (bad !== undefined) {
+        error(bad, 2);
+    }
+    if (typeof options.domain !== "string" || options.domain === "") {
+        error("codeartifact() wants a domain", 2);
+    }
+    const duration = options.duration;
+    if (
+        duration !== undefined &&
+        (typeof duration !== "number" ||
+            (duration !== 0 && (duration < 900 || duration > 43200)))
+    ) {
+        // the CLI's own rule: 0 (the role's session), or 15 min to 12 h
+        error("codeartifact() duration must be 0 or 900 to 43200 s", 2);
+    }
+    return make_source(args, options, parse_codeartifact);
 }
 
 
@@ -1090,10 +1595,11 @@ export function token(name: string): Result<string> {
         }
     }
     const [value] = dict.get(name);
-    if (value === undefined) {
-        return $multi(undefined, "not ready");
+    if (value !== undefined) {
+        return $multi(value as string, undefined);
     }
-    return $multi(value as string, undefined);
+    const [fetched] = dict.get(meta("fetched", name));
+    return $multi(undefined, fetched !== undefined ? "expired" : "not ready");
 }
 
 

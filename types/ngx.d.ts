@@ -30,6 +30,18 @@ interface NgxSharedDict {
     ): LuaMultiReturn<[boolean, string | undefined, boolean]>;
 
     /**
+     * Like `set`, but fails with `"no memory"` rather than evict other
+     * keys.
+     * https://github.com/openresty/lua-nginx-module#ngxshareddictsafe_set
+     */
+    safe_set(
+        key: string,
+        value: string | number | boolean,
+        exptime?: number,
+        flags?: number
+    ): LuaMultiReturn<[boolean, string | undefined]>;
+
+    /**
      * Like `set`, but fails with `"exists"` when the key is there.
      * https://github.com/openresty/lua-nginx-module#ngxshareddictadd
      */
@@ -176,4 +188,16 @@ declare namespace ngx {
             thread: NgxThread<R>
         ): LuaMultiReturn<[true, ...R] | [false, string]>;
     }
+}
+
+/**
+ * lua-cjson's `cjson.safe`, which OpenResty ships: errors come back as
+ * `nil, err` instead of being raised.
+ * https://github.com/openresty/lua-cjson
+ */
+interface JsonModule {
+    decode(
+        this: void,
+        text: string
+    ): LuaMultiReturn<[unknown, undefined] | [undefined, string]>;
 }
