@@ -1,6 +1,6 @@
 local ____exports = {}
-local get_workdir, sweep_script, is_source, str_format, ORPHAN_MINUTES, workdir,
-    SOURCE_MT
+local get_workdir, sweep_script, finite, is_source, str_format, ORPHAN_MINUTES,
+    workdir, SOURCE_MT
 
 
 function get_workdir()
@@ -24,6 +24,11 @@ function sweep_script()
         get_workdir(),
         ORPHAN_MINUTES
     )
+end
+
+
+function finite(n)
+    return n == n and n > -math.huge and n < math.huge and n or nil
 end
 
 
@@ -574,14 +579,14 @@ end
 -- and optional fractional seconds (the default, `iso8601`).
 local function parse_time(v)
     if type(v) == "number" then
-        return v
+        return finite(v)
     end
     if type(v) ~= "string" then
         return nil
     end
     local num = tonumber(v)
     if num ~= nil then
-        return num
+        return finite(num)
     end
     local y, mo, d, h, mi, sec, frac, zone = str_match(v, ISO_8601)
     if y == nil or zone == nil then
@@ -653,6 +658,7 @@ local function evaluate(outcome, parse, transform)
     local value = output
     local expires = nil
     local by = "output"
+    local from = "the output"
     if parse ~= nil then
         local parsed = parse(output)
         if parsed.err ~= nil then
@@ -661,6 +667,7 @@ local function evaluate(outcome, parse, transform)
         value = parsed.value
         expires = parsed.expires
         by = "the token"
+        from = "the CLI"
     elseif transform ~= nil then
         local ok, res = pcall(call_transform, transform, output)
         if not ok then
@@ -677,6 +684,7 @@ local function evaluate(outcome, parse, transform)
         value = v
         expires = e
         by = "the transform's value"
+        from = "the transform"
     end
     if type(value) ~= "string" or value == "" then
         return nil, nil, by .. " is empty"
@@ -689,7 +697,7 @@ local function evaluate(outcome, parse, transform)
     end
     local at = parse_time(expires)
     if at == nil then
-        local reason = "an expiry that is not a time, from the " .. by
+        local reason = "an expiry that is not a time, from " .. from
         return nil, nil, reason
     end
     return value, at, nil
@@ -755,8 +763,9 @@ local function store(dict, name, value, ttl)
     if not ok then
         if old ~= nil then
             local expires = dict:get(meta("expires", name))
-            local left = type(expires) == "number" and expires - ngx_now() or 0
-            if left >= 0 then
+            local at = type(expires) == "number" and expires or 0
+            local left = at > 0 and at - ngx_now() or 0
+            if at == 0 or left > 0 then
                 dict:set(name, old, left)
             end
         end
@@ -1165,6 +1174,11 @@ local function schedule(name, command, opts, once)
 end
 
 
+local function non_empty(s)
+    return type(s) == "string" and s ~= ""
+end
+
+
 --- cjson.safe, loaded when a preset first needs it.
 local function json_decode(text)
     if json == nil then
@@ -1193,7 +1207,7 @@ local function parse_ecr(output)
         ____temp_4 = nil
     end
     local data = ____temp_4
-    if type(data) ~= "table" or type(data.authorizationToken) ~= "string" then
+    if type(data) ~= "table" or not non_empty(data.authorizationToken) then
         return {err = "no authorizationData[0].authorizationToken in output"}
     end
     return {value = "Basic " .. data.authorizationToken,
@@ -1207,7 +1221,7 @@ local function parse_codeartifact(output)
     if type(doc) ~= "table" then
         return {err = "the output is not JSON (is cjson installed?)"}
     end
-    if type(doc.authorizationToken) ~= "string" then
+    if not non_empty(doc.authorizationToken) then
         return {err = "no authorizationToken in output"}
     end
     return {value = "Bearer " .. doc.authorizationToken,
@@ -1370,7 +1384,7 @@ function ____exports.codeartifact(options)
     if bad ~= nil then
         error(bad, 2)
     end
-    if type(options.domain) ~= "string" or options.domain == "" then
+    if type(options) ~= "table" or not non_empty(options.domain) then
         error("codeartifact() wants a domain", 2)
     end
     local duration = options.duration

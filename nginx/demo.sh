@@ -43,6 +43,13 @@ sed -e "s|@LOAD_MODULES@|${modules//$'\n'/\\n}|" -e "s|@USER@|$user|" \
     -e "s|@AWS_ENDPOINT@|http://127.0.0.1:$aws|" \
     "$root/nginx/demo.conf" >"$work/conf/nginx.conf"
 
+stub_set() {
+    curl -s -o /dev/null -X POST -d "$1" "http://127.0.0.1:$aws/_stub/config"
+}
+
+# the stub's tokens last 8 s, so the demo sees a refresh (at about 6 s)
+stub_set '{"password":"first-password","ttl":8}'
+
 # the master's environment: fake credentials for the stub, and no instance
 # metadata, so the AWS CLI talks to 127.0.0.1 only
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
@@ -50,9 +57,6 @@ env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
     "$nginx_bin" -p "$work" -c conf/nginx.conf
 
-stub_set() {
-    curl -s -o /dev/null -X POST -d "$1" "http://127.0.0.1:$aws/_stub/config"
-}
 
 # what the upstream received last: the Authorization header, shortened
 last_auth() {
@@ -74,7 +78,6 @@ proxy() {
     echo "upstream got Authorization: $(last_auth)"
 }
 
-stub_set '{"password":"first-password"}'
 echo "waiting for the first token from the AWS CLI..."
 for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$port/v2/"
@@ -84,7 +87,8 @@ done
 proxy
 
 echo
-echo "the registry now hands out a new token; rotation runs every 5 s..."
+echo "the registry now hands out a new token; it lasts 8 s, so it is"
+echo "refreshed when 2 s are left..."
 stub_set '{"password":"second-password"}'
 first=$(last_auth)
 for _ in $(seq 60); do

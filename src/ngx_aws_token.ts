@@ -690,14 +690,14 @@ function days_from_civil(y: number, m: number, d: number): number {
  */
 function parse_time(v: unknown): number | undefined {
     if (typeof v === "number") {
-        return v;
+        return finite(v);
     }
     if (typeof v !== "string") {
         return undefined;
     }
     const num = tonumber(v);
     if (num !== undefined) {
-        return num;
+        return finite(num);
     }
 
     const [y, mo, d, h, mi, sec, frac, zone] = str_match(v, ISO_8601);
@@ -718,6 +718,12 @@ function parse_time(v: unknown): number | undefined {
     const fraction = frac !== undefined && frac !== "" ? tonumber(frac)! : 0;
     return days * 86400 + tonumber(h)! * 3600 + tonumber(mi)! * 60
         + tonumber(sec)! + fraction - offset;
+}
+
+
+/** `n` unless it is NaN or infinite. */
+function finite(n: number): number | undefined {
+    return n === n && n > -Infinity && n < Infinity ? n : undefined;
 }
 
 
@@ -782,6 +788,7 @@ function evaluate(
     let value: unknown = output;
     let expires: unknown = undefined;
     let by = "output";
+    let from = "the output";
     if (parse !== undefined) {
         const parsed = parse(output);
         if (parsed.err !== undefined) {
@@ -790,6 +797,7 @@ function evaluate(
         value = parsed.value;
         expires = parsed.expires;
         by = "the token";
+        from = "the CLI";
     } else if (transform !== undefined) {
         const [ok, res] = pcall(call_transform, transform, output);
         if (!ok) {
@@ -807,6 +815,7 @@ function evaluate(
         value = v;
         expires = e;
         by = "the transform's value";
+        from = "the transform";
     }
 
     if (typeof value !== "string" || value === "") {
@@ -820,7 +829,7 @@ function evaluate(
     }
     const at = parse_time(expires);
     if (at === undefined) {
-        const reason = "an expiry that is not a time, from the " + by;
+        const reason = "an expiry that is not a time, from " + from;
         return $multi(undefined, undefined, reason);
     }
     return $multi(value, at, undefined);
@@ -889,9 +898,11 @@ function store(dict: NgxSharedDict, name: string, value: string, ttl: number) {
     const [ok, err, forcible] = dict.set(name, value, ttl);
     if (!ok) {
         if (old !== undefined) {
+            // 0: it had no expiry
             const [expires] = dict.get(meta("expires", name));
-            const left = typeof expires === "number" ? expires - ngx_now() : 0;
-            if (left >= 0) {
+            const at = typeof expires === "number" ? expires : 0;
+            const left = at > 0 ? at - ngx_now() : 0;
+            if (at === 0 || left > 0) {
                 dict.set(name, old, left);
             }
         }
@@ -1321,6 +1332,11 @@ function schedule(
 }
 
 
+function non_empty(s: unknown): s is string {
+    return typeof s === "string" && s !== "";
+}
+
+
 /** cjson.safe, loaded when a preset first needs it. */
 function json_decode(text: string): unknown {
     if (json === undefined) {
@@ -1346,7 +1362,7 @@ function parse_ecr(this: void, output: string): Parsed {
     }
     const list = doc.authorizationData;
     const data = typeof list === "object" ? list[0] : undefined;
-    if (typeof data !== "object" || typeof data.authorizationToken !== "string") {
+    if (typeof data !== "object" || !non_empty(data.authorizationToken)) {
         return { err: "no authorizationData[0].authorizationToken in output" };
     }
     return { value: "Basic " + data.authorizationToken, expires: data.expiresAt };
@@ -1361,7 +1377,7 @@ function parse_codeartifact(this: void, output: string): Parsed {
     if (typeof doc !== "object") {
         return { err: "the output is not JSON (is cjson installed?)" };
     }
-    if (typeof doc.authorizationToken !== "string") {
+    if (!non_empty(doc.authorizationToken)) {
         return { err: "no authorizationToken in output" };
     }
     return { value: "Bearer " + doc.authorizationToken, expires: doc.expiration };
@@ -1556,7 +1572,7 @@ export function codeartifact(options: {
     if (bad !== undefined) {
         error(bad, 2);
     }
-    if (typeof options.domain !== "string" || options.domain === "") {
+    if (typeof options !== "object" || !non_empty(options.domain)) {
         error("codeartifact() wants a domain", 2);
     }
     const duration = options.duration;
