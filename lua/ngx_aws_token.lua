@@ -74,6 +74,14 @@ local TICK = 0.5
 
 --- Seconds a killed command may take to report before it is abandoned.
 local KILL_GRACE = 10
+
+--- Seconds a run's lock outlives its longest possible run, so that a
+-- worker killed while it runs a command leaves the lock to expire and
+-- another worker takes over: `timeout` + KILL_GRACE + LOCK_GRACE.
+local LOCK_GRACE = 5
+
+--- Seconds between two runs that refresh() asked for.
+local DEFAULT_COOLDOWN = 10
 ORPHAN_MINUTES = 10
 
 --- Bytes of a command's stderr kept for the log.
@@ -173,6 +181,7 @@ OPTIONS.retry = "number"
 OPTIONS.retry_max = "number"
 OPTIONS.timeout = "number"
 OPTIONS.refresh_before = "number"
+OPTIONS.cooldown = "number"
 OPTIONS.env = "table"
 local storage
 local storage_name
@@ -189,6 +198,9 @@ local json
 SOURCE_MT = {__name = "ngx_aws_token.source"}
 local has_pipe, pipe_or_err = pcall(require, "ngx.pipe")
 local ngx_pipe = has_pipe and pipe_or_err or nil
+
+--- How this worker runs commands, as status() tells it.
+local RUNNER = ngx_pipe ~= nil and "ngx.pipe" or "background"
 
 
 --- Binds close_range(2) and fcntl(2) under names of our own, so the
@@ -759,15 +771,14 @@ end
 -- no room for a bigger one, so the old one is put back into its space.
 local function store(dict, name, value, ttl)
     local old = dict:get(name)
+    local left = nil
+    if old ~= nil then
+        left = dict:ttl(name)
+    end
     local ok, err, forcible = dict:set(name, value, ttl)
     if not ok then
-        if old ~= nil then
-            local expires = dict:get(meta("expires", name))
-            local at = type(expires) == "number" and expires or 0
-            local left = at > 0 and at - ngx_now() or 0
-            if at == 0 or left > 0 then
-                dict:set(name, old, left)
-            end
+        if old ~= nil and left ~= nil then
+            dict:set(name, old, left)
         end
         log_full(name, "could not be stored in", err)
         return false
@@ -834,17 +845,60 @@ local function refresh_in(job, lifetime)
 end
 
 
+--- The dict; rotate() made sure there is one before any job exists.
+local function the_dict()
+    return storage ~= nil and storage or find_storage()
+end
+
+
+--- Sets the next fetch for every worker, and this worker's own copy.
+local function set_due(dict, job, at)
+    job.due = at
+    dict:safe_set(
+        meta("due", job.name),
+        at
+    )
+end
+
+
+--- Lets go of a run's lock, unless it expired and is another's now.
+local function unlock(dict, name, run)
+    local key = meta("lock", name)
+    local holder = dict:get(key)
+    if holder == run.id then
+        dict:delete(key)
+    end
+end
+
+
 --- Records a failure, logs it, and schedules the next try.
 local function fail(job, outcome, reason, now)
-    job.failures = job.failures + 1
-    local wait = backoff(job, job.failures)
+    local dict = the_dict()
+    local count = dict:get(meta("failures", job.name))
+    local failures = (type(count) == "number" and count or 0) + 1
+    local wait = backoff(job, failures)
+    local secret = outcome.stdout ~= nil and trim(outcome.stdout) or nil
+    dict:safe_set(
+        meta("failures", job.name),
+        failures
+    )
+    dict:safe_set(
+        meta("error", job.name),
+        redact(reason, secret)
+    )
+    dict:safe_set(
+        meta("error_at", job.name),
+        now
+    )
     log_failure(job, outcome, reason, wait)
-    job.due = now + wait
+    set_due(dict, job, now + wait)
 end
 
 
 --- Acts on what a run of a job's command gave.
 local function complete(name, run, outcome)
+    local dict = the_dict()
+    unlock(dict, name, run)
     local job = jobs[name]
     if job == nil or job.run ~= run then
         return
@@ -871,8 +925,7 @@ local function complete(name, run, outcome)
         fail(job, outcome, "the token has expired already (clock?)", now)
         return
     end
-    local dict = storage ~= nil and storage or find_storage()
-    if dict == nil or not store(dict, name, value, lifetime or 0) then
+    if not store(dict, name, value, lifetime or 0) then
         fail(job, outcome, "the dict refused the token", now)
         return
     end
@@ -884,13 +937,21 @@ local function complete(name, run, outcome)
         meta("expires", name),
         expires ~= nil and expires or 0
     )
-    job.failures = 0
+    dict:safe_set(
+        meta("failures", name),
+        0
+    )
     ngx_log(INFO, "ngx_aws_token: refreshed token \"", name, "\"")
     if job.once then
+        set_due(dict, job, math.huge)
         jobs[name] = nil
         return
     end
-    job.due = now + refresh_in(job, lifetime)
+    set_due(
+        dict,
+        job,
+        now + refresh_in(job, lifetime)
+    )
 end
 
 
@@ -912,10 +973,61 @@ local function pipe_timer(premature, name, run)
 end
 
 
---- Starts a job's command without waiting for it.
+--- True when the job's next fetch has come: the time the dict says has
+-- passed, or the dict lost the token it had (evicted) with no failure
+-- pending.
+local function is_due(dict, job, now)
+    local at = dict:get(meta("due", job.name))
+    local due = type(at) == "number" and at or job.due
+    if now >= due then
+        return true
+    end
+    local value = dict:get(job.name)
+    local failures = dict:get(meta("failures", job.name))
+    local fetched = dict:get(meta("fetched", job.name))
+    return value == nil and fetched ~= nil and failures == 0
+end
+
+
+--- Takes the token's lock for a run, so that one worker at a time runs its
+-- command; false when another worker has it, or has just finished a run.
+local function try_lock(dict, job, id, now)
+    local ttl = job.timeout + KILL_GRACE + LOCK_GRACE
+    local ok = dict:add(
+        meta("lock", job.name),
+        id,
+        ttl
+    )
+    if not ok then
+        return false
+    end
+    if not is_due(dict, job, now) then
+        dict:delete(meta("lock", job.name))
+        return false
+    end
+    return true
+end
+
+
+--- Starts a job's command without waiting for it, if it can have the lock.
 local function start(job, now)
-    local run = {deadline = now + job.timeout, killed = false, discard = false}
+    local dict = the_dict()
+    run_count = run_count + 1
+    local id = (tostring(ngx.worker.pid()) .. ":") .. tostring(run_count)
+    if not try_lock(dict, job, id, now) then
+        return
+    end
+    local run = {id = id, deadline = now + job.timeout, killed = false,
+        discard = false}
     job.run = run
+    dict:safe_set(
+        meta("started", job.name),
+        now
+    )
+    dict:safe_set(
+        meta("runner", job.name),
+        RUNNER
+    )
     if ngx_pipe ~= nil then
         local ok, err = ngx_timer_at(0, pipe_timer, job.name, run)
         if not ok then
@@ -957,15 +1069,19 @@ local function poll(job, run, now)
 end
 
 
---- Kills every background command on worker exit and removes its files.
+--- On worker exit (a reload, `nginx -s quit`): kills this worker's running
+-- commands, removes their files and gives up their locks, so that the new
+-- workers take over.
 local function abandon_all()
-    for _, job in pairs(jobs) do
+    local dict = the_dict()
+    for name, job in pairs(jobs) do
         local run = job.run
         if run ~= nil then
             kill_run(run)
             if run.dir ~= nil then
                 os.execute("rm -rf " .. run.dir)
             end
+            unlock(dict, name, run)
             job.run = nil
         end
     end
@@ -980,11 +1096,12 @@ local function tick(premature)
     end
     ngx_update_time()
     local now = ngx_now()
+    local dict = the_dict()
     for _, job in pairs(jobs) do
         local run = job.run
         if run ~= nil then
             poll(job, run, now)
-        elseif now >= job.due then
+        elseif is_due(dict, job, now) then
             start(job, now)
         end
     end
@@ -1129,6 +1246,42 @@ local function to_command(command, env)
 end
 
 
+--- What identifies a job across workers and reloads: what it runs.
+local function job_key(job)
+    local parts = {job.once and "manage" or "rotate", job.command.script}
+    for _, arg in ipairs(job.command.args) do
+        parts[#parts + 1] = arg
+    end
+    return table.concat(parts, "\0")
+end
+
+
+--- Joins the schedule that other workers (or the workers before a reload)
+-- keep in the dict: a token fetched by the same job is not fetched again
+-- before it is due; a new or changed job fetches at once.
+local function adopt(dict, job)
+    local key = dict:get(meta("command", job.name))
+    local due = dict:get(meta("due", job.name))
+    dict:safe_set(
+        meta("cooldown", job.name),
+        job.cooldown
+    )
+    if key == job.key and type(due) == "number" then
+        job.due = due
+        return
+    end
+    dict:safe_set(
+        meta("command", job.name),
+        job.key
+    )
+    dict:safe_set(
+        meta("failures", job.name),
+        0
+    )
+    set_due(dict, job, job.due)
+end
+
+
 local function schedule(name, command, opts, once)
     ngx_update_time()
     local job = {
@@ -1141,16 +1294,22 @@ local function schedule(name, command, opts, once)
         retry = default_retry,
         retry_max = DEFAULT_RETRY_MAX,
         refresh_before = DEFAULT_REFRESH_BEFORE,
+        cooldown = DEFAULT_COOLDOWN,
         timeout = DEFAULT_TIMEOUT,
         once = once,
-        due = ngx_now(),
-        failures = 0
+        key = "",
+        due = ngx_now()
     }
     for key, value in pairs(opts) do
         if OPTIONS[key] == "number" then
             job[key] = value
         end
     end
+    job.key = job_key(job)
+    adopt(
+        the_dict(),
+        job
+    )
     local old = jobs[name]
     if old ~= nil and old.run ~= nil then
         old.run.discard = true
@@ -1335,6 +1494,7 @@ function ____exports.create(command, transform)
     if ngx_pipe ~= nil and YIELDABLE[ngx.get_phase()] == true then
         ngx_update_time()
         local run = {
+            id = "create",
             deadline = ngx_now() + DEFAULT_TIMEOUT,
             killed = false,
             discard = false
@@ -1420,6 +1580,107 @@ function ____exports.token(name)
     end
     local fetched = dict:get(meta("fetched", name))
     return nil, fetched ~= nil and "expired" or "not ready"
+end
+
+
+--- Asks for a new token `name` now, e.g. after the upstream answered 401
+-- or 403, from any worker and any phase. One run at a time, and none
+-- sooner than `cooldown` seconds after the last one began: a burst of
+-- calls makes one run.
+function ____exports.refresh(name)
+    if type(name) ~= "string" then
+        error("refresh() wants a token name (a string)", 2)
+    end
+    local dict = storage ~= nil and storage or find_storage()
+    if dict == nil then
+        return nil, "no storage"
+    end
+    local key = dict:get(meta("command", name))
+    if key == nil then
+        return nil, "unknown token"
+    end
+    local at = ngx_now()
+    local started = dict:get(meta("started", name))
+    local cooldown = dict:get(meta("cooldown", name))
+    if type(started) == "number" then
+        local gap = type(cooldown) == "number" and cooldown or DEFAULT_COOLDOWN
+        at = math.max(at, started + gap)
+    end
+    local due = dict:get(meta("due", name))
+    if type(due) ~= "number" or at < due then
+        dict:safe_set(
+            meta("due", name),
+            at
+        )
+    end
+    return true, nil
+end
+
+
+local function number_or_nil(dict, key)
+    local v = dict:get(key)
+    return type(v) == "number" and v > 0 and v < math.huge and v or nil
+end
+
+
+local function status_of(dict, name)
+    local failures = dict:get(meta("failures", name))
+    local err = dict:get(meta("error", name))
+    local runner = dict:get(meta("runner", name))
+    local lock = dict:get(meta("lock", name))
+    return {
+        fetched_at = number_or_nil(
+            dict,
+            meta("fetched", name)
+        ),
+        expires_at = number_or_nil(
+            dict,
+            meta("expires", name)
+        ),
+        next_refresh = number_or_nil(
+            dict,
+            meta("due", name)
+        ),
+        last_error = type(err) == "string" and err or nil,
+        last_error_at = number_or_nil(
+            dict,
+            meta("error_at", name)
+        ),
+        failures = type(failures) == "number" and failures or 0,
+        runner = type(runner) == "string" and runner or nil,
+        running = lock ~= nil
+    }
+end
+
+
+--- What is known of token `name`, or of every token (a table by name):
+-- when it was fetched, when it expires, the next refresh, the last error
+-- and when, failures in a row, the runner, whether a run is going on.
+-- Never the token. For a status page, not for every request.
+function ____exports.status(name)
+    if name ~= nil and type(name) ~= "string" then
+        error("status() wants a token name (a string) or nothing", 2)
+    end
+    local dict = storage ~= nil and storage or find_storage()
+    if dict == nil then
+        return nil, "no storage"
+    end
+    if name ~= nil then
+        local key = dict:get(meta("command", name))
+        if key == nil then
+            return nil, "unknown token"
+        end
+        return status_of(dict, name), nil
+    end
+    local all = {}
+    local prefix = meta("command", "")
+    for _, key in ipairs(dict:get_keys(0)) do
+        if str_sub(key, 1, #prefix) == prefix then
+            local token_name = str_sub(key, #prefix + 1)
+            all[token_name] = status_of(dict, token_name)
+        end
+    end
+    return all, nil
 end
 
 

@@ -42,6 +42,16 @@ const TICK = 0.5;
 const KILL_GRACE = 10;
 
 /**
+ * Seconds a run's lock outlives its longest possible run, so that a
+ * worker killed while it runs a command leaves the lock to expire and
+ * another worker takes over: `timeout` + KILL_GRACE + LOCK_GRACE.
+ */
+const LOCK_GRACE = 5;
+
+/** Seconds between two runs that refresh() asked for. */
+const DEFAULT_COOLDOWN = 10;
+
+/**
  * Minutes after which a run directory no worker collected (its worker was
  * killed, or nginx stopped with `-s stop`) is removed by a later run.
  */
@@ -162,6 +172,7 @@ OPTIONS.set("retry", "number");
 OPTIONS.set("retry_max", "number");
 OPTIONS.set("timeout", "number");
 OPTIONS.set("refresh_before", "number");
+OPTIONS.set("cooldown", "number");
 OPTIONS.set("env", "table");
 
 /** Turns a command's output into the value, and optionally its expiry. */
@@ -177,6 +188,7 @@ interface RotateOptions {
     retry_max?: number;
     timeout?: number;
     refresh_before?: number;
+    cooldown?: number;
     env?: Env;
 }
 
@@ -216,6 +228,8 @@ interface Outcome {
 
 /** One run of a command, as long as it is in progress. */
 interface Run {
+    /** This run's lock in the dict: worker pid and run count. */
+    id: string;
     /** The background runner's private directory; none with ngx.pipe. */
     dir?: string;
     deadline: number;
@@ -236,11 +250,17 @@ interface Job {
     retry: number;
     retry_max: number;
     refresh_before: number;
+    cooldown: number;
     timeout: number;
     /** manage(): stop once a token is stored. */
     once: boolean;
+    /** What makes the job itself: a new one reschedules at once. */
+    key: string;
+    /**
+     * The next fetch as this worker last knew it; the dict's word wins,
+     * this serves when the dict has lost it.
+     */
     due: number;
-    failures: number;
     run?: Run;
 }
 
@@ -285,6 +305,9 @@ const [has_pipe, pipe_or_err] = pcall(require, "ngx.pipe");
 const ngx_pipe: NgxPipeModule | undefined = has_pipe
     ? (pipe_or_err as NgxPipeModule)
     : undefined;
+
+/** How this worker runs commands, as status() tells it. */
+const RUNNER = ngx_pipe !== undefined ? "ngx.pipe" : "background";
 
 
 /**
@@ -895,16 +918,14 @@ function meta(kind: string, name: string): string {
  */
 function store(dict: NgxSharedDict, name: string, value: string, ttl: number) {
     const [old] = dict.get(name);
+    let left: number | undefined = undefined;
+    if (old !== undefined) {
+        [left] = dict.ttl(name);
+    }
     const [ok, err, forcible] = dict.set(name, value, ttl);
     if (!ok) {
-        if (old !== undefined) {
-            // 0: it had no expiry
-            const [expires] = dict.get(meta("expires", name));
-            const at = typeof expires === "number" ? expires : 0;
-            const left = at > 0 ? at - ngx_now() : 0;
-            if (at === 0 || left > 0) {
-                dict.set(name, old, left);
-            }
+        if (old !== undefined && left !== undefined) {
+            dict.set(name, old, left);
         }
         log_full(name, "could not be stored in", err);
         return false;
@@ -977,17 +998,50 @@ function refresh_in(job: Job, lifetime: number | undefined): number {
 }
 
 
+/** The dict; rotate() made sure there is one before any job exists. */
+function the_dict(): NgxSharedDict {
+    return (storage !== undefined ? storage : find_storage()) as NgxSharedDict;
+}
+
+
+/** Sets the next fetch for every worker, and this worker's own copy. */
+function set_due(dict: NgxSharedDict, job: Job, at: number) {
+    job.due = at;
+    dict.safe_set(meta("due", job.name), at);
+}
+
+
+/** Lets go of a run's lock, unless it expired and is another's now. */
+function unlock(dict: NgxSharedDict, name: string, run: Run) {
+    const key = meta("lock", name);
+    const [holder] = dict.get(key);
+    if (holder === run.id) {
+        dict.delete(key);
+    }
+}
+
+
 /** Records a failure, logs it, and schedules the next try. */
 function fail(job: Job, outcome: Outcome, reason: string, now: number) {
-    job.failures = job.failures + 1;
-    const wait = backoff(job, job.failures);
+    const dict = the_dict();
+    const [count] = dict.get(meta("failures", job.name));
+    const failures = (typeof count === "number" ? count : 0) + 1;
+    const wait = backoff(job, failures);
+    const secret =
+        outcome.stdout !== undefined ? trim(outcome.stdout) : undefined;
+
+    dict.safe_set(meta("failures", job.name), failures);
+    dict.safe_set(meta("error", job.name), redact(reason, secret));
+    dict.safe_set(meta("error_at", job.name), now);
     log_failure(job, outcome, reason, wait);
-    job.due = now + wait;
+    set_due(dict, job, now + wait);
 }
 
 
 /** Acts on what a run of a job's command gave. */
 function complete(name: string, run: Run, outcome: Outcome) {
+    const dict = the_dict();
+    unlock(dict, name, run);
     const job = jobs.get(name);
     if (job === undefined || job.run !== run) {
         return;
@@ -1015,22 +1069,22 @@ function complete(name: string, run: Run, outcome: Outcome) {
         fail(job, outcome, "the token has expired already (clock?)", now);
         return;
     }
-
-    const dict = storage !== undefined ? storage : find_storage();
-    if (dict === undefined || !store(dict, name, value, lifetime || 0)) {
+    if (!store(dict, name, value, lifetime || 0)) {
         fail(job, outcome, "the dict refused the token", now);
         return;
     }
+
     dict.safe_set(meta("fetched", name), now);
     dict.safe_set(meta("expires", name), expires !== undefined ? expires : 0);
-
-    job.failures = 0;
+    dict.safe_set(meta("failures", name), 0);
     ngx_log(INFO, 'ngx_aws_token: refreshed token "', name, '"');
     if (job.once) {
+        // manage(): no worker fetches this one again
+        set_due(dict, job, Infinity);
         jobs.delete(name);
         return;
     }
-    job.due = now + refresh_in(job, lifetime);
+    set_due(dict, job, now + refresh_in(job, lifetime));
 }
 
 
@@ -1049,14 +1103,61 @@ function pipe_timer(this: void, premature: boolean, name: string, run: Run) {
 }
 
 
-/** Starts a job's command without waiting for it. */
+/**
+ * True when the job's next fetch has come: the time the dict says has
+ * passed, or the dict lost the token it had (evicted) with no failure
+ * pending.
+ */
+function is_due(dict: NgxSharedDict, job: Job, now: number): boolean {
+    const [at] = dict.get(meta("due", job.name));
+    const due = typeof at === "number" ? at : job.due;
+    if (now >= due) {
+        return true;
+    }
+    const [value] = dict.get(job.name);
+    const [failures] = dict.get(meta("failures", job.name));
+    const [fetched] = dict.get(meta("fetched", job.name));
+    return value === undefined && fetched !== undefined && failures === 0;
+}
+
+
+/**
+ * Takes the token's lock for a run, so that one worker at a time runs its
+ * command; false when another worker has it, or has just finished a run.
+ */
+function try_lock(dict: NgxSharedDict, job: Job, id: string, now: number) {
+    const ttl = job.timeout + KILL_GRACE + LOCK_GRACE;
+    const [ok] = dict.add(meta("lock", job.name), id, ttl);
+    if (!ok) {
+        return false;
+    }
+    // a run may have ended between our look and the lock
+    if (!is_due(dict, job, now)) {
+        dict.delete(meta("lock", job.name));
+        return false;
+    }
+    return true;
+}
+
+
+/** Starts a job's command without waiting for it, if it can have the lock. */
 function start(job: Job, now: number) {
+    const dict = the_dict();
+    run_count = run_count + 1;
+    const id = ngx.worker.pid() + ":" + run_count;
+    if (!try_lock(dict, job, id, now)) {
+        return;
+    }
+
     const run: Run = {
+        id: id,
         deadline: now + job.timeout,
         killed: false,
         discard: false,
     };
     job.run = run;
+    dict.safe_set(meta("started", job.name), now);
+    dict.safe_set(meta("runner", job.name), RUNNER);
 
     if (ngx_pipe !== undefined) {
         const [ok, err] = ngx_timer_at(0, pipe_timer, job.name, run);
@@ -1103,15 +1204,21 @@ function poll(job: Job, run: Run, now: number) {
 }
 
 
-/** Kills every background command on worker exit and removes its files. */
+/**
+ * On worker exit (a reload, `nginx -s quit`): kills this worker's running
+ * commands, removes their files and gives up their locks, so that the new
+ * workers take over.
+ */
 function abandon_all() {
-    for (const [, job] of jobs) {
+    const dict = the_dict();
+    for (const [name, job] of jobs) {
         const run = job.run;
         if (run !== undefined) {
             kill_run(run);
             if (run.dir !== undefined) {
                 os.execute("rm -rf " + run.dir);
             }
+            unlock(dict, name, run);
             job.run = undefined;
         }
     }
@@ -1127,11 +1234,12 @@ function tick(this: void, premature: boolean) {
 
     ngx_update_time();
     const now = ngx_now();
+    const dict = the_dict();
     for (const [, job] of jobs) {
         const run = job.run;
         if (run !== undefined) {
             poll(job, run, now);
-        } else if (now >= job.due) {
+        } else if (is_due(dict, job, now)) {
             start(job, now);
         }
     }
@@ -1283,6 +1391,35 @@ function to_command(command: string | Source, env?: Env): Command {
 }
 
 
+/** What identifies a job across workers and reloads: what it runs. */
+function job_key(job: Job): string {
+    const parts = [job.once ? "manage" : "rotate", job.command.script];
+    for (const arg of job.command.args) {
+        parts[parts.length] = arg;
+    }
+    return table.concat(parts, "\0");
+}
+
+
+/**
+ * Joins the schedule that other workers (or the workers before a reload)
+ * keep in the dict: a token fetched by the same job is not fetched again
+ * before it is due; a new or changed job fetches at once.
+ */
+function adopt(dict: NgxSharedDict, job: Job) {
+    const [key] = dict.get(meta("command", job.name));
+    const [due] = dict.get(meta("due", job.name));
+    dict.safe_set(meta("cooldown", job.name), job.cooldown);
+    if (key === job.key && typeof due === "number") {
+        job.due = due;
+        return;
+    }
+    dict.safe_set(meta("command", job.name), job.key);
+    dict.safe_set(meta("failures", job.name), 0);
+    set_due(dict, job, job.due);
+}
+
+
 function schedule(
     name: string,
     command: string | Source,
@@ -1300,10 +1437,11 @@ function schedule(
         retry: default_retry,
         retry_max: DEFAULT_RETRY_MAX,
         refresh_before: DEFAULT_REFRESH_BEFORE,
+        cooldown: DEFAULT_COOLDOWN,
         timeout: DEFAULT_TIMEOUT,
         once: once,
+        key: "",
         due: ngx_now(),
-        failures: 0,
     };
     // the options given replace the defaults
     for (const [key, value] of opts as LuaTable<string, unknown>) {
@@ -1311,6 +1449,8 @@ function schedule(
             (job as unknown as LuaTable<string, unknown>).set(key, value);
         }
     }
+    job.key = job_key(job);
+    adopt(the_dict(), job);
 
     // a command still running for the old schedule is stopped; the new
     // one starts when it has gone
@@ -1509,6 +1649,7 @@ export function create(
     if (ngx_pipe !== undefined && YIELDABLE.get(ngx.get_phase()) === true) {
         ngx_update_time();
         const run: Run = {
+            id: "create",
             deadline: ngx_now() + DEFAULT_TIMEOUT,
             killed: false,
             discard: false,
@@ -1616,6 +1757,113 @@ export function token(name: string): Result<string> {
     }
     const [fetched] = dict.get(meta("fetched", name));
     return $multi(undefined, fetched !== undefined ? "expired" : "not ready");
+}
+
+
+/**
+ * Asks for a new token `name` now, e.g. after the upstream answered 401
+ * or 403, from any worker and any phase. One run at a time, and none
+ * sooner than `cooldown` seconds after the last one began: a burst of
+ * calls makes one run.
+ */
+export function refresh(name: string): Result<true> {
+    if (typeof name !== "string") {
+        error("refresh() wants a token name (a string)", 2);
+    }
+    const dict = storage !== undefined ? storage : find_storage();
+    if (dict === undefined) {
+        return $multi(undefined, "no storage");
+    }
+    const [key] = dict.get(meta("command", name));
+    if (key === undefined) {
+        return $multi(undefined, "unknown token");
+    }
+
+    let at = ngx_now();
+    const [started] = dict.get(meta("started", name));
+    const [cooldown] = dict.get(meta("cooldown", name));
+    if (typeof started === "number") {
+        const gap = typeof cooldown === "number" ? cooldown : DEFAULT_COOLDOWN;
+        at = Math.max(at, started + gap);
+    }
+    const [due] = dict.get(meta("due", name));
+    if (typeof due !== "number" || at < due) {
+        dict.safe_set(meta("due", name), at);
+    }
+    return $multi(true, undefined);
+}
+
+
+/** What status() tells of one token; never its value. */
+interface TokenStatus {
+    fetched_at?: number;
+    expires_at?: number;
+    next_refresh?: number;
+    last_error?: string;
+    last_error_at?: number;
+    failures: number;
+    runner?: string;
+    running: boolean;
+}
+
+
+function number_or_nil(dict: NgxSharedDict, key: string): number | undefined {
+    const [v] = dict.get(key);
+    return typeof v === "number" && v > 0 && v < Infinity ? v : undefined;
+}
+
+
+function status_of(dict: NgxSharedDict, name: string): TokenStatus {
+    const [failures] = dict.get(meta("failures", name));
+    const [err] = dict.get(meta("error", name));
+    const [runner] = dict.get(meta("runner", name));
+    const [lock] = dict.get(meta("lock", name));
+    return {
+        fetched_at: number_or_nil(dict, meta("fetched", name)),
+        expires_at: number_or_nil(dict, meta("expires", name)),
+        next_refresh: number_or_nil(dict, meta("due", name)),
+        last_error: typeof err === "string" ? err : undefined,
+        last_error_at: number_or_nil(dict, meta("error_at", name)),
+        failures: typeof failures === "number" ? failures : 0,
+        runner: typeof runner === "string" ? runner : undefined,
+        running: lock !== undefined,
+    };
+}
+
+
+/**
+ * What is known of token `name`, or of every token (a table by name):
+ * when it was fetched, when it expires, the next refresh, the last error
+ * and when, failures in a row, the runner, whether a run is going on.
+ * Never the token. For a status page, not for every request.
+ */
+export function status(
+    name?: string
+): Result<TokenStatus | LuaTable<string, TokenStatus>> {
+    if (name !== undefined && typeof name !== "string") {
+        error("status() wants a token name (a string) or nothing", 2);
+    }
+    const dict = storage !== undefined ? storage : find_storage();
+    if (dict === undefined) {
+        return $multi(undefined, "no storage");
+    }
+    if (name !== undefined) {
+        const [key] = dict.get(meta("command", name));
+        if (key === undefined) {
+            return $multi(undefined, "unknown token");
+        }
+        return $multi(status_of(dict, name), undefined);
+    }
+
+    const all: LuaTable<string, TokenStatus> = new LuaTable();
+    const prefix = meta("command", "");
+    for (const key of dict.get_keys(0)) {
+        if (str_sub(key, 1, prefix.length) === prefix) {
+            const token_name = str_sub(key, prefix.length + 1);
+            all.set(token_name, status_of(dict, token_name));
+        }
+    }
+    return $multi(all, undefined);
 }
 
 

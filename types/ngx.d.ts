@@ -52,8 +52,20 @@ interface NgxSharedDict {
         flags?: number
     ): LuaMultiReturn<[boolean, string | undefined, boolean]>;
 
+    /**
+     * Seconds `key` has left; 0 when it never expires.
+     * https://github.com/openresty/lua-nginx-module#ngxshareddictttl
+     */
+    ttl(key: string): LuaMultiReturn<[number, undefined] | [undefined, string]>;
+
     /** https://github.com/openresty/lua-nginx-module#ngxshareddictdelete */
     delete(key: string): void;
+
+    /**
+     * Up to `max_count` keys (0: all); locks the zone while it looks.
+     * https://github.com/openresty/lua-nginx-module#ngxshareddictget_keys
+     */
+    get_keys(max_count?: number): string[];
 }
 
 /**

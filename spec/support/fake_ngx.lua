@@ -242,6 +242,25 @@ function Dict:get(key)
 end
 
 
+--- ngx.shared.DICT:ttl(): seconds left, 0 for a key that never expires,
+-- nil, "not found" for a missing or expired one (lua-resty-core).
+function Dict:ttl(key)
+    local z = check_zone(self)
+    local k, kerr = check_key(key)
+    if not k then
+        return nil, kerr
+    end
+    local e = lookup(z, k)
+    if not e then
+        return nil, "not found"
+    end
+    if not e.expires then
+        return 0
+    end
+    return e.expires - z.clock()
+end
+
+
 function Dict:set(key, value, exptime, flags)
     return store(self, "set", key, value, exptime, flags)
 end
