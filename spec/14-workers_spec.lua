@@ -228,6 +228,15 @@ describe("refresh()", function()
                 ngx.say(ngx_aws_token.refresh("nonesuch"))
             }
         }
+
+        location = /_denied {
+            return 401;
+            log_by_lua_block {
+                if ngx.status == 401 or ngx.status == 403 then
+                    require("ngx_aws_token").refresh("ecr")
+                end
+            }
+        }
             ]],
         })
         assert.truthy(H.wait_for(function()
@@ -246,6 +255,19 @@ describe("refresh()", function()
         end, 5))
         H.sleep(2)
         assert.equal(2, #runs(log))
+    end)
+
+    it("runs again after a 401, as log_by_lua in nginx/ecr-proxy.conf asks",
+       function()
+        local before = #runs(log)
+        for _ = 1, 10 do
+            assert.equal(401, (nginx:get("/_denied")))
+        end
+        assert.truthy(H.wait_for(function()
+            return #runs(log) == before + 1
+        end, 5))
+        H.sleep(1.5)
+        assert.equal(before + 1, #runs(log))
     end)
 end)
 
