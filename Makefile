@@ -5,7 +5,7 @@ LUA_OUT := lua/ngx_aws_token.lua
 APT_PACKAGES := nginx-light libnginx-mod-http-lua lua-resty-core luajit2 \
 	lua-busted luarocks awscli lua-cjson lua-check wrk curl procps
 
-.PHONY: all deps apt node npm build check-built typecheck lint test demo clean
+.PHONY: all deps apt node npm build check-built typecheck lint test demo bench clean
 
 all: build
 
@@ -64,6 +64,10 @@ test: deps
 ## demo: nginx on localhost proxying with a token rotated by the AWS CLI
 demo: apt node
 	@bash nginx/demo.sh
+
+## bench: request latency while a token command runs, ours beside 1.0's
+bench: apt
+	@bash nginx/bench.sh
 
 clean:
 	rm -rf node_modules

@@ -80,6 +80,9 @@ local KILL_GRACE = 10
 -- another worker takes over: `timeout` + KILL_GRACE + LOCK_GRACE.
 local LOCK_GRACE = 5
 
+--- Seconds a token may live; a later expiry is a mistake (milliseconds).
+local MAX_LIFETIME = 366 * 24 * 3600
+
 --- Seconds between two runs that refresh() asked for.
 local DEFAULT_COOLDOWN = 10
 ORPHAN_MINUTES = 10
@@ -925,6 +928,11 @@ local function complete(name, run, outcome)
         fail(job, outcome, "the token has expired already (clock?)", now)
         return
     end
+    if lifetime ~= nil and lifetime > MAX_LIFETIME then
+        local far = "an expiry over a year away (milliseconds?)"
+        fail(job, outcome, far, now)
+        return
+    end
     if not store(dict, name, value, lifetime or 0) then
         fail(job, outcome, "the dict refused the token", now)
         return
@@ -981,6 +989,9 @@ local function is_due(dict, job, now)
     local due = type(at) == "number" and at or job.due
     if now >= due then
         return true
+    end
+    if due == math.huge then
+        return false
     end
     local value = dict:get(job.name)
     local failures = dict:get(meta("failures", job.name))
@@ -1097,12 +1108,14 @@ local function tick(premature)
     ngx_update_time()
     local now = ngx_now()
     local dict = the_dict()
-    for _, job in pairs(jobs) do
+    for name, job in pairs(jobs) do
         local run = job.run
         if run ~= nil then
             poll(job, run, now)
         elseif is_due(dict, job, now) then
             start(job, now)
+        elseif job.once and (dict:get(meta("due", name))) == math.huge then
+            jobs[name] = nil
         end
     end
 end
@@ -1143,6 +1156,15 @@ local function check_env(fn, env)
         end
         if type(value) ~= "string" and type(value) ~= "number" then
             return ((fn .. "() env: ") .. tostring(name)) .. " must be a string"
+        end
+        local nul = str_find(
+            tostring(value),
+            "\0",
+            1,
+            true
+        )
+        if nul ~= nil then
+            return ((fn .. "() env: ") .. tostring(name)) .. " holds a NUL byte"
         end
     end
     return nil
@@ -1235,11 +1257,14 @@ local function to_command(command, env)
         return shell_command(command, {}, env)
     end
     local merged = {}
-    for _, ____table in ipairs({command.env, env}) do
-        if ____table ~= nil then
-            for name, value in pairs(____table) do
-                merged[name] = value
-            end
+    if command.env ~= nil then
+        for name, value in pairs(command.env) do
+            merged[name] = value
+        end
+    end
+    if env ~= nil then
+        for name, value in pairs(env) do
+            merged[name] = value
         end
     end
     return shell_command("exec \"$@\"", command.args, merged)

@@ -48,6 +48,9 @@ const KILL_GRACE = 10;
  */
 const LOCK_GRACE = 5;
 
+/** Seconds a token may live; a later expiry is a mistake (milliseconds). */
+const MAX_LIFETIME = 366 * 24 * 3600;
+
 /** Seconds between two runs that refresh() asked for. */
 const DEFAULT_COOLDOWN = 10;
 
@@ -1069,6 +1072,11 @@ function complete(name: string, run: Run, outcome: Outcome) {
         fail(job, outcome, "the token has expired already (clock?)", now);
         return;
     }
+    if (lifetime !== undefined && lifetime > MAX_LIFETIME) {
+        const far = "an expiry over a year away (milliseconds?)";
+        fail(job, outcome, far, now);
+        return;
+    }
     if (!store(dict, name, value, lifetime || 0)) {
         fail(job, outcome, "the dict refused the token", now);
         return;
@@ -1113,6 +1121,10 @@ function is_due(dict: NgxSharedDict, job: Job, now: number): boolean {
     const due = typeof at === "number" ? at : job.due;
     if (now >= due) {
         return true;
+    }
+    if (due === Infinity) {
+        // manage(): some worker has fetched it once, for good
+        return false;
     }
     const [value] = dict.get(job.name);
     const [failures] = dict.get(meta("failures", job.name));
@@ -1235,12 +1247,15 @@ function tick(this: void, premature: boolean) {
     ngx_update_time();
     const now = ngx_now();
     const dict = the_dict();
-    for (const [, job] of jobs) {
+    for (const [name, job] of jobs) {
         const run = job.run;
         if (run !== undefined) {
             poll(job, run, now);
         } else if (is_due(dict, job, now)) {
             start(job, now);
+        } else if (job.once && dict.get(meta("due", name))[0] === Infinity) {
+            // manage(): another worker fetched it
+            jobs.delete(name);
         }
     }
 }
@@ -1282,6 +1297,11 @@ function check_env(fn: string, env: unknown): string | undefined {
         }
         if (typeof value !== "string" && typeof value !== "number") {
             return `${fn}() env: ${name} must be a string`;
+        }
+        const [nul] = str_find(tostring(value), "\0", 1, true);
+        if (nul !== undefined) {
+            // a C string, as /bin/sh gets it, would end there
+            return `${fn}() env: ${name} holds a NUL byte`;
         }
     }
     return undefined;
@@ -1378,13 +1398,17 @@ function to_command(command: string | Source, env?: Env): Command {
     if (!is_source(command)) {
         return shell_command(command, [], env);
     }
-    // the preset's variables first; rotate()'s own override them
+    // the preset's variables first; rotate()'s own override them (two
+    // loops: a list holding nil would end at it)
     const merged: Env = new LuaTable();
-    for (const table of [command.env, env]) {
-        if (table !== undefined) {
-            for (const [name, value] of table) {
-                merged.set(name, value);
-            }
+    if (command.env !== undefined) {
+        for (const [name, value] of command.env) {
+            merged.set(name, value);
+        }
+    }
+    if (env !== undefined) {
+        for (const [name, value] of env) {
+            merged.set(name, value);
         }
     }
     return shell_command('exec "$@"', command.args, merged);
