@@ -1,41 +1,3 @@
-local ____exports = {}
-local get_workdir, sweep_script, finite, is_source, str_format, ORPHAN_MINUTES,
-    workdir, SOURCE_MT
-
-
-function get_workdir()
-    if workdir == nil then
-        local shm = io.open("/dev/shm", "rb")
-        if shm ~= nil then
-            shm:close()
-            workdir = "/dev/shm"
-        else
-            workdir = "/tmp"
-        end
-    end
-    return workdir
-end
-
-
-function sweep_script()
-    return str_format(
-        "find %s -maxdepth 1 -name 'ngx_aws_token.*' -user \"$(id -u)\" "
-            .. "-mmin +%d -exec rm -rf {} + </dev/null >/dev/null 2>&1 &",
-        get_workdir(),
-        ORPHAN_MINUTES
-    )
-end
-
-
-function finite(n)
-    return n == n and n > -math.huge and n < math.huge and n or nil
-end
-
-
-function is_source(x)
-    return type(x) == "table" and getmetatable(x) == SOURCE_MT
-end
-
 --- ngx_aws_token: keeps short-lived AWS tokens (ECR, CodeArtifact, ...)
 -- fresh in a lua_shared_dict, so any nginx worker can read them per request.
 --
@@ -43,6 +5,8 @@ end
 -- then run `make build`.
 --
 -- Copyright (c) the ngx_aws_token authors. MIT licensed.
+
+local ____exports = {}
 local ngx_log = ngx.log
 local ngx_now = ngx.now
 local ngx_update_time = ngx.update_time
@@ -53,7 +17,7 @@ local ERR = ngx.ERR
 local INFO = ngx.INFO
 local NOTICE = ngx.NOTICE
 local str_find = string.find
-str_format = string.format
+local str_format = string.format
 local str_gsub = string.gsub
 local str_lower = string.lower
 local str_match = string.match
@@ -85,7 +49,10 @@ local MAX_LIFETIME = 366 * 24 * 3600
 
 --- Seconds between two runs that refresh() asked for.
 local DEFAULT_COOLDOWN = 10
-ORPHAN_MINUTES = 10
+
+--- Minutes after which a run directory no worker collected (its worker was
+-- killed, or nginx stopped with `-s stop`) is removed by a later run.
+local ORPHAN_MINUTES = 10
 
 --- Bytes of a command's stderr kept for the log.
 local EXCERPT = 200
@@ -193,12 +160,15 @@ local default_retry = DEFAULT_RETRY
 local jobs = {}
 local ticking = false
 local run_count = 0
+local workdir
 local last_scan = -1
 local fd_lib
 local fd_lib_tried = false
 local seed = 0
 local json
-SOURCE_MT = {__name = "ngx_aws_token.source"}
+
+--- Tags the tables that ecr() and codeartifact() return.
+local SOURCE_MT = {__name = "ngx_aws_token.source"}
 local has_pipe, pipe_or_err = pcall(require, "ngx.pipe")
 local ngx_pipe = has_pipe and pipe_or_err or nil
 
@@ -355,6 +325,33 @@ local function read_file(path, limit)
     local data = ____temp_0
     f:close()
     return data ~= nil and data or ""
+end
+
+
+--- The directory for command output: tmpfs where there is one, so a token
+-- never reaches a disk.
+local function get_workdir()
+    if workdir == nil then
+        local shm = io.open("/dev/shm", "rb")
+        if shm ~= nil then
+            shm:close()
+            workdir = "/dev/shm"
+        else
+            workdir = "/tmp"
+        end
+    end
+    return workdir
+end
+
+
+--- Removes run directories older than ORPHAN_MINUTES, in the background.
+local function sweep_script()
+    return str_format(
+        "find %s -maxdepth 1 -name 'ngx_aws_token.*' -user \"$(id -u)\" "
+            .. "-mmin +%d -exec rm -rf {} + </dev/null >/dev/null 2>&1 &",
+        get_workdir(),
+        ORPHAN_MINUTES
+    )
 end
 
 
@@ -586,6 +583,12 @@ local function days_from_civil(y, m, d)
     local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
     local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
     return era * 146097 + doe - 719468
+end
+
+
+--- `n` unless it is NaN or infinite.
+local function finite(n)
+    return n == n and n > -math.huge and n < math.huge and n or nil
 end
 
 
@@ -1197,6 +1200,12 @@ local function check_options(fn, opts)
         ____temp_3 = nil
     end
     return ____temp_3
+end
+
+
+--- True for what ecr() and codeartifact() return.
+local function is_source(x)
+    return type(x) == "table" and getmetatable(x) == SOURCE_MT
 end
 
 

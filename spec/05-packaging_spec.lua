@@ -43,6 +43,14 @@ describe("the shipped file lua/ngx_aws_token.lua", function()
         assert.falsy(source:find("unpack(", 1, true))
     end)
 
+    it("opens with its header comment: no function used before it is "
+       .. "defined", function()
+        -- TypeScriptToLua hoists such functions above everything else,
+        -- and the header with them
+        assert.equal("--- ngx_aws_token: ", source:sub(1, 19))
+        assert.falsy(source:find("\nlocal ____exports = {}\nlocal [%w_]+, "))
+    end)
+
     it("keeps within 80 columns", function()
         local n = 0
         for line in source:gmatch("[^\n]*") do

@@ -472,6 +472,17 @@ function get_workdir(): string {
 }
 
 
+/** Removes run directories older than ORPHAN_MINUTES, in the background. */
+function sweep_script(): string {
+    return str_format(
+        "find %s -maxdepth 1 -name 'ngx_aws_token.*' -user \"$(id -u)\" " +
+            "-mmin +%d -exec rm -rf {} + </dev/null >/dev/null 2>&1 &",
+        get_workdir(),
+        ORPHAN_MINUTES
+    );
+}
+
+
 /**
  * The shell script that runs `command` with its stdout, stderr and exit
  * status going to files in `dir`, a directory only this user can read.
@@ -513,17 +524,6 @@ function runner_script(dir: string, command: Command, background: boolean) {
     const lines = [head, setsid, "(", run + " &", pid, "wait $!", rc, done];
     return table.concat(lines, "\n") + "\n) </dev/null >/dev/null 2>&1 &\n"
         + sweep_script();
-}
-
-
-/** Removes run directories older than ORPHAN_MINUTES, in the background. */
-function sweep_script(): string {
-    return str_format(
-        "find %s -maxdepth 1 -name 'ngx_aws_token.*' -user \"$(id -u)\" " +
-            "-mmin +%d -exec rm -rf {} + </dev/null >/dev/null 2>&1 &",
-        get_workdir(),
-        ORPHAN_MINUTES
-    );
 }
 
 
@@ -709,6 +709,12 @@ function days_from_civil(y: number, m: number, d: number): number {
 }
 
 
+/** `n` unless it is NaN or infinite. */
+function finite(n: number): number | undefined {
+    return n === n && n > -Infinity && n < Infinity ? n : undefined;
+}
+
+
 /**
  * Epoch seconds from what the AWS CLI prints for a timestamp: a number
  * (`cli_timestamp_format = wire`), or ISO 8601 with a zone offset or `Z`
@@ -744,12 +750,6 @@ function parse_time(v: unknown): number | undefined {
     const fraction = frac !== undefined && frac !== "" ? tonumber(frac)! : 0;
     return days * 86400 + tonumber(h)! * 3600 + tonumber(mi)! * 60
         + tonumber(sec)! + fraction - offset;
-}
-
-
-/** `n` unless it is NaN or infinite. */
-function finite(n: number): number | undefined {
-    return n === n && n > -Infinity && n < Infinity ? n : undefined;
 }
 
 
@@ -1331,6 +1331,12 @@ function check_options(fn: string, opts: LuaTable<string, unknown>) {
 }
 
 
+/** True for what ecr() and codeartifact() return. */
+function is_source(x: unknown): x is Source {
+    return typeof x === "object" && getmetatable(x) === SOURCE_MT;
+}
+
+
 /** Why the arguments of rotate() or manage() are wrong, if they are. */
 function check_args(
     fn: string,
@@ -1371,12 +1377,6 @@ function check_args(
         return $multi(undefined, `${fn}(): ${why}`);
     }
     return $multi(opts, undefined);
-}
-
-
-/** True for what ecr() and codeartifact() return. */
-function is_source(x: unknown): x is Source {
-    return typeof x === "object" && getmetatable(x) === SOURCE_MT;
 }
 
 
