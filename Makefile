@@ -55,7 +55,7 @@ typecheck: npm
 	npx --no-install tsc -p tsconfig.json --noEmit
 
 lint:
-	luacheck --std ngx_lua --max-line-length 80 $(LUA_OUT)
+	luacheck $(LUA_OUT) spec/
 
 ## test: every check and every spec; ends with "N passed, N failed"
 test: deps

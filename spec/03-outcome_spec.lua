@@ -225,7 +225,8 @@ describe("a command's outcome", function()
                 function()
                     -- e.g. throttling on EC2 with an instance role, where
                     -- the environment rightly holds no credentials
-                    os.getenv = function() return nil end  -- luacheck: ignore 122
+                    -- luacheck: ignore 122
+                    os.getenv = function() return nil end
                     local warns = refresh_after_good{
                         status = 254, stderr = "An error occurred "
                             .. "(ThrottlingException): Rate exceeded",

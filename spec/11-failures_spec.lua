@@ -20,28 +20,6 @@ local function rotate_block(endpoint, extra)
 end
 
 
-local function basic(password)
-    return "Basic " .. H.base64("AWS:" .. password)
-end
-
-
-local function last_auth(stub)
-    local reqs = stub:requests()
-    return reqs[#reqs] and reqs[#reqs].authorization
-end
-
-
-local function warnings_about(nginx, text)
-    local out = {}
-    for _, line in ipairs(nginx:lines("warn")) do
-        if line:find(text, 1, true) then
-            out[#out + 1] = line
-        end
-    end
-    return out
-end
-
-
 describe("a failed refresh in nginx", function()
     local stub, nginx
 
@@ -54,7 +32,7 @@ describe("a failed refresh in nginx", function()
         })
         assert(H.wait_for(function()
             nginx:get("/v2/")
-            return last_auth(stub) == basic("good-password")
+            return stub:last_auth() == H.basic("good-password")
         end, 15), "no first token: " .. nginx:error_log())
     end)
 
@@ -70,7 +48,7 @@ describe("a failed refresh in nginx", function()
             message = "stub outage" } })
         -- botocore's error line, and the CLI's exit status for it (254)
         local lines = H.wait_for(function()
-            local l = warnings_about(nginx, "exit status 254")
+            local l = nginx:warnings("exit status 254")
             return #l > 0 and l
         end, 20)
         assert.truthy(lines, nginx:error_log())
@@ -79,7 +57,7 @@ describe("a failed refresh in nginx", function()
         assert.truthy(lines[1]:find("retrying in 1 s", 1, true))
 
         nginx:get("/v2/")
-        assert.equal(basic("good-password"), last_auth(stub))
+        assert.equal(H.basic("good-password"), stub:last_auth())
     end)
 
     it("keeps the token when the CLI prints nothing and exits 0", function()
@@ -87,12 +65,12 @@ describe("a failed refresh in nginx", function()
         -- an empty line, exit status 0
         stub:config({ fail = H.null, empty = true })
         local lines = H.wait_for(function()
-            local l = warnings_about(nginx, "empty output")
+            local l = nginx:warnings("empty output")
             return #l > 0 and l
         end, 20)
         assert.truthy(lines, nginx:error_log())
         nginx:get("/v2/")
-        assert.equal(basic("good-password"), last_auth(stub))
+        assert.equal(H.basic("good-password"), stub:last_auth())
     end)
 
     it("recovers with the next good answer", function()
@@ -100,7 +78,7 @@ describe("a failed refresh in nginx", function()
                       password = "new-password" })
         assert.truthy(H.wait_for(function()
             nginx:get("/v2/")
-            return last_auth(stub) == basic("new-password")
+            return stub:last_auth() == H.basic("new-password")
         end, 20))
     end)
 
@@ -131,7 +109,7 @@ describe("output that would break the header", function()
             upstream = stub.upstream,
         })
         local lines = H.wait_for(function()
-            local l = warnings_about(nginx, "control characters")
+            local l = nginx:warnings("control characters")
             return #l > 0 and l
         end, 20)
         assert.truthy(lines, nginx:error_log())
@@ -160,7 +138,7 @@ describe("a worker without credentials", function()
             keep_env = { "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED" },
         })
         local lines = H.wait_for(function()
-            local l = warnings_about(nginx, "exit status 253")
+            local l = nginx:warnings("exit status 253")
             return #l > 0 and l
         end, 20)
         assert.truthy(lines, nginx:error_log())
@@ -189,7 +167,7 @@ describe("a 6,000-character ECR token", function()
         })
         local auth = H.wait_for(function()
             nginx:get("/v2/")
-            return last_auth(stub)
+            return stub:last_auth()
         end, 20)
         assert.truthy(auth, nginx:error_log())
         assert.equal(6 + 6000, #auth)

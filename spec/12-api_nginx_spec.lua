@@ -75,7 +75,7 @@ describe("create() and manage() from 1.0", function()
     end)
 
     it("manage() stores one token and runs the command no more", function()
-        local want = "Basic " .. H.base64("AWS:manage-password")
+        local want = H.basic("manage-password")
         assert.truthy(H.wait_for(function()
             nginx:get("/v2/")
             local reqs = stub:requests()

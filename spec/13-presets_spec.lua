@@ -19,29 +19,6 @@ local function start(stub, rotate_args, opts)
 end
 
 
-local function last_auth(stub)
-    local reqs = stub:requests()
-    return reqs[#reqs] and reqs[#reqs].authorization
-end
-
-
-local function state(nginx, name)
-    local _, body = nginx:get("/_state?name=" .. (name or "ecr"))
-    return (body or ""):match("^%d+ (.-)\n")
-end
-
-
-local function warnings_about(nginx, text)
-    local out = {}
-    for _, line in ipairs(nginx:lines("warn")) do
-        if line:find(text, 1, true) then
-            out[#out + 1] = line
-        end
-    end
-    return out
-end
-
-
 describe("ecr()", function()
     local stub, nginx
 
@@ -58,10 +35,10 @@ describe("ecr()", function()
         nginx = start(stub, ([["ecr", ngx_aws_token.ecr({
                 endpoint_url = "%s", region = "eu-west-1" })]])
             :format(stub.endpoint))
-        local want = "Basic " .. H.base64("AWS:preset-password")
+        local want = H.basic("preset-password")
         assert.truthy(H.wait_for(function()
             nginx:get("/v2/")
-            return last_auth(stub) == want
+            return stub:last_auth() == want
         end, 15), nginx:error_log())
         -- the region reached the CLI: it signs for it (SigV4 scope)
         assert.equal("eu-west-1", stub:calls().last_region)
@@ -78,7 +55,7 @@ describe("ecr()", function()
         -- "Basic " and base64 of the 15 bytes "AWS:short-lived": 6 + 20
         local ready = "ready 26"
         assert.truthy(H.wait_for(function()
-            return state(nginx) == ready
+            return nginx:state() == ready
         end, 15), nginx:error_log())
         -- the stub's clock: the token it handed out expires 6 s after
         local first = stub:calls().ecr
@@ -91,16 +68,16 @@ describe("ecr()", function()
         assert.truthy(H.wait_for(function()
             return stub:calls().ecr > first
         end, 6))
-        assert.equal(ready, state(nginx))
+        assert.equal(ready, nginx:state())
 
         assert.truthy(H.wait_for(function()
-            return state(nginx) == "expired"
+            return nginx:state() == "expired"
         end, 10))
         assert.is_true(os.time() - t0 >= 3)
         nginx:get("/v2/")
-        assert.is_nil(last_auth(stub))
+        assert.is_nil(stub:last_auth())
         assert.truthy(H.wait_for(function()
-            return #warnings_about(nginx, "AccessDeniedException") > 0
+            return #nginx:warnings("AccessDeniedException") > 0
         end, 5))
     end)
 
@@ -111,13 +88,13 @@ describe("ecr()", function()
                 endpoint_url = "%s" })]]):format(stub.endpoint))
         assert.truthy(H.wait_for(function()
             nginx:get("/v2/")
-            return last_auth(stub) == "Basic " .. H.base64("AWS:window-one")
+            return stub:last_auth() == H.basic("window-one")
         end, 15))
         stub:config({ password = "window-two" })
         -- refreshed 3 s after each fetch, plus the CLI's own second
         assert.truthy(H.wait_for(function()
             nginx:get("/v2/")
-            return last_auth(stub) == "Basic " .. H.base64("AWS:window-two")
+            return stub:last_auth() == H.basic("window-two")
         end, 8))
     end)
 
@@ -162,7 +139,7 @@ describe("codeartifact()", function()
             :format(stub.endpoint))
         assert.truthy(H.wait_for(function()
             nginx:get("/v2/")
-            return last_auth(stub) == "Bearer ca-token-value"
+            return stub:last_auth() == "Bearer ca-token-value"
         end, 15), nginx:error_log())
         local q = stub:calls().last_query
         assert.equal("my-domain", q.domain)
@@ -187,13 +164,13 @@ describe("a command that fails the way the AWS CLI v2 does", function()
             "aws ecr get-login --endpoint-url %s", { retry = 60 }]])
             :format(stub.endpoint))
         local lines = H.wait_for(function()
-            local l = warnings_about(nginx, "exit status 252")
+            local l = nginx:warnings("exit status 252")
             return #l > 0 and l
         end, 15)
         assert.truthy(lines, nginx:error_log())
         -- get-login is gone from v2: the CLI prints its usage
         assert.truthy(lines[1]:find("usage: aws", 1, true), lines[1])
-        assert.equal("not ready", state(nginx))
+        assert.equal("not ready", nginx:state())
     end)
 
     it("kills a CLI call that hangs past `timeout` and retries", function()
@@ -203,7 +180,7 @@ describe("a command that fails the way the AWS CLI v2 does", function()
                 endpoint_url = "%s" }), { timeout = 2, retry = 60 }]])
             :format(stub.endpoint))
         local lines = H.wait_for(function()
-            local l = warnings_about(nginx, "timed out after 2 s")
+            local l = nginx:warnings("timed out after 2 s")
             return #l > 0 and l
         end, 15)
         assert.truthy(lines, nginx:error_log())

@@ -38,12 +38,6 @@ local function every_worker(rotate_args)
 end
 
 
-local function state(nginx)
-    local _, body = nginx:get("/_state")
-    return (body or ""):match("^%d+ (.-)\n")
-end
-
-
 describe("rotate() on every one of 4 workers", function()
     local nginx
     local log = run_log()
@@ -116,7 +110,7 @@ describe("a rotating worker killed with SIGKILL mid-run", function()
         -- and the token keeps coming
         local _, first = nginx:get("/_state")
         assert.truthy(H.wait_for(function()
-            return state(nginx) and state(nginx):match("^ready")
+            return nginx:state() and nginx:state():match("^ready")
         end, 10), first)
     end)
 end)
@@ -142,7 +136,7 @@ describe("20 reloads in a row while requests flow", function()
                 :format(noted(log))),
         })
         assert.truthy(H.wait_for(function()
-            return state(nginx) and state(nginx):match("^ready")
+            return nginx:state() and nginx:state():match("^ready")
         end, 10))
         stub:reset()
 
@@ -290,7 +284,7 @@ describe("the status pages of nginx/status.conf", function()
                 .. 'endpoint_url = "%s" })'):format(stub.endpoint)),
         })
         assert.truthy(H.wait_for(function()
-            return state(nginx) and state(nginx):match("^ready")
+            return nginx:state() and nginx:state():match("^ready")
         end, 15))
         local now = os.time()
         local token = H.base64("AWS:status-password")

@@ -23,7 +23,7 @@ check() {
 
 check "the committed Lua matches a fresh build of src/" make -s check-built
 check "src/ and types/ type-check" make -s typecheck
-check "luacheck (std ngx_lua) passes on the shipped Lua" make -s lint
+check "luacheck passes on the shipped Lua (std ngx_lua) and the specs" make -s lint
 
 # busted prints TAP; count its verdicts
 busted "$@" | tee "$log/tap"

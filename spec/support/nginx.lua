@@ -89,6 +89,12 @@ end
 _M.http = http
 
 
+--- "Basic " and base64("AWS:" .. password): what ECR's token is.
+function _M.basic(password)
+    return "Basic " .. _M.base64("AWS:" .. password)
+end
+
+
 --- base64, written out here so the specs don't trust the stub's encoder.
 function _M.base64(s)
     local chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -170,6 +176,13 @@ function Stub:requests()
         end
     end
     return reqs
+end
+
+
+--- The Authorization header of the last request the upstream got.
+function Stub:last_auth()
+    local reqs = self:requests()
+    return reqs[#reqs] and reqs[#reqs].authorization
 end
 
 
@@ -316,6 +329,26 @@ function Nginx:lines(level)
         end
     end
     return out
+end
+
+
+--- error.log lines at warn that contain `text`.
+function Nginx:warnings(text)
+    local out = {}
+    for _, line in ipairs(self:lines("warn")) do
+        if line:find(text, 1, true) then
+            out[#out + 1] = line
+        end
+    end
+    return out
+end
+
+
+--- What /_state says of token `name` (default "ecr") in the worker that
+--- answers: "ready <length>", or token()'s error.
+function Nginx:state(name)
+    local _, body = self:get("/_state?name=" .. (name or "ecr"))
+    return (body or ""):match("^%d+ (.-)\n")
 end
 
 
