@@ -1,3 +1,17 @@
+local ____exports = {}
+local meta, owns
+
+
+function meta(kind, name)
+    return (("\0" .. kind) .. ":") .. name
+end
+
+
+function owns(dict, job)
+    local key = dict:get(meta("command", job.name))
+    return key == nil or key == job.key
+end
+
 --- ngx_aws_token: keeps short-lived AWS tokens (ECR, CodeArtifact, ...)
 -- fresh in a lua_shared_dict, so any nginx worker can read them per request.
 --
@@ -5,8 +19,6 @@
 -- then run `make build`.
 --
 -- Copyright (c) the ngx_aws_token authors. MIT licensed.
-
-local ____exports = {}
 local ngx_log = ngx.log
 local ngx_now = ngx.now
 local ngx_update_time = ngx.update_time
@@ -32,6 +44,9 @@ local DEFAULT_RETRY = 30
 
 --- Seconds a command may run before it is killed.
 local DEFAULT_TIMEOUT = 60
+
+--- The longest `timeout`: a day (ngx.pipe takes no more than 49 days).
+local MAX_TIMEOUT = 86400
 
 --- Seconds between two looks at the schedule and at running commands.
 local TICK = 0.5
@@ -766,12 +781,6 @@ local function log_full(name, what, err)
 end
 
 
---- The key of one of our facts about token `name` in the user's dict.
-local function meta(kind, name)
-    return (("\0" .. kind) .. ":") .. name
-end
-
-
 --- Stores a fresh value that lives `ttl` seconds (0: for ever); false when
 -- the dict refused it. nginx frees the old value before it finds there is
 -- no room for a bigger one, so the old one is put back into its space.
@@ -910,7 +919,7 @@ local function complete(name, run, outcome)
         return
     end
     job.run = nil
-    if run.discard then
+    if run.discard or not owns(dict, job) then
         return
     end
     if run.killed and outcome.failure == nil then
@@ -988,6 +997,9 @@ end
 -- passed, or the dict lost the token it had (evicted) with no failure
 -- pending.
 local function is_due(dict, job, now)
+    if not owns(dict, job) then
+        return false
+    end
     local at = dict:get(meta("due", job.name))
     local due = type(at) == "number" and at or job.due
     if now >= due then
@@ -1187,6 +1199,11 @@ local function check_options(fn, opts)
         if kind == "number" and not seconds_ok(value) then
             return ((fn .. "() option \"") .. key) .. "\" must be > 0"
         end
+    end
+    local timeout = opts.timeout
+    if timeout ~= nil and timeout > MAX_TIMEOUT then
+        return ((fn .. "() option \"timeout\" must be at most ") .. tostring(
+            MAX_TIMEOUT)) .. " s"
     end
     local before = opts.refresh_before
     if before ~= nil and before >= 1 then
@@ -1630,7 +1647,7 @@ function ____exports.refresh(name)
         return nil, "no storage"
     end
     local key = dict:get(meta("command", name))
-    if key == nil then
+    if type(key) ~= "string" or str_sub(key, 1, 7) ~= "rotate\0" then
         return nil, "unknown token"
     end
     local at = ngx_now()

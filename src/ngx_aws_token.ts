@@ -35,6 +35,9 @@ const DEFAULT_RETRY = 30;
 /** Seconds a command may run before it is killed. */
 const DEFAULT_TIMEOUT = 60;
 
+/** The longest `timeout`: a day (ngx.pipe takes no more than 49 days). */
+const MAX_TIMEOUT = 86400;
+
 /** Seconds between two looks at the schedule and at running commands. */
 const TICK = 0.5;
 
@@ -1050,7 +1053,8 @@ function complete(name: string, run: Run, outcome: Outcome) {
         return;
     }
     job.run = undefined;
-    if (run.discard) {
+    if (run.discard || !owns(dict, job)) {
+        // what the old command gave must not stand in for the new one's
         return;
     }
     if (run.killed && outcome.failure === undefined) {
@@ -1117,6 +1121,9 @@ function pipe_timer(this: void, premature: boolean, name: string, run: Run) {
  * pending.
  */
 function is_due(dict: NgxSharedDict, job: Job, now: number): boolean {
+    if (!owns(dict, job)) {
+        return false;
+    }
     const [at] = dict.get(meta("due", job.name));
     const due = typeof at === "number" ? at : job.due;
     if (now >= due) {
@@ -1130,6 +1137,16 @@ function is_due(dict: NgxSharedDict, job: Job, now: number): boolean {
     const [failures] = dict.get(meta("failures", job.name));
     const [fetched] = dict.get(meta("fetched", job.name));
     return value === undefined && fetched !== undefined && failures === 0;
+}
+
+
+/**
+ * False when a later rotate() or manage(), here or in another worker (a
+ * reload's new ones), gave the token another command: this job is stale.
+ */
+function owns(dict: NgxSharedDict, job: Job): boolean {
+    const [key] = dict.get(meta("command", job.name));
+    return key === undefined || key === job.key;
 }
 
 
@@ -1321,6 +1338,10 @@ function check_options(fn: string, opts: LuaTable<string, unknown>) {
         if (kind === "number" && !seconds_ok(value)) {
             return `${fn}() option "${key}" must be > 0`;
         }
+    }
+    const timeout = opts.get("timeout");
+    if (timeout !== undefined && (timeout as number) > MAX_TIMEOUT) {
+        return `${fn}() option "timeout" must be at most ${MAX_TIMEOUT} s`;
     }
     const before = opts.get("refresh_before");
     if (before !== undefined && (before as number) >= 1) {
@@ -1798,8 +1819,9 @@ export function refresh(name: string): Result<true> {
     if (dict === undefined) {
         return $multi(undefined, "no storage");
     }
+    // manage() fetches once for good: there is nothing to refresh
     const [key] = dict.get(meta("command", name));
-    if (key === undefined) {
+    if (typeof key !== "string" || str_sub(key, 1, 7) !== "rotate\0") {
         return $multi(undefined, "unknown token");
     }
 
