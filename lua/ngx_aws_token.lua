@@ -1,17 +1,3 @@
-local ____exports = {}
-local meta, owns
-
-
-function meta(kind, name)
-    return (("\0" .. kind) .. ":") .. name
-end
-
-
-function owns(dict, job)
-    local key = dict:get(meta("command", job.name))
-    return key == nil or key == job.key
-end
-
 --- ngx_aws_token: keeps short-lived AWS tokens (ECR, CodeArtifact, ...)
 -- fresh in a lua_shared_dict, so any nginx worker can read them per request.
 --
@@ -19,6 +5,8 @@ end
 -- then run `make build`.
 --
 -- Copyright (c) the ngx_aws_token authors. MIT licensed.
+
+local ____exports = {}
 local ngx_log = ngx.log
 local ngx_now = ngx.now
 local ngx_update_time = ngx.update_time
@@ -781,6 +769,12 @@ local function log_full(name, what, err)
 end
 
 
+--- The key of one of our facts about token `name` in the user's dict.
+local function meta(kind, name)
+    return (("\0" .. kind) .. ":") .. name
+end
+
+
 --- Stores a fresh value that lives `ttl` seconds (0: for ever); false when
 -- the dict refused it. nginx frees the old value before it finds there is
 -- no room for a bigger one, so the old one is put back into its space.
@@ -873,6 +867,14 @@ local function set_due(dict, job, at)
         meta("due", job.name),
         at
     )
+end
+
+
+--- False when a later rotate() or manage(), here or in another worker (a
+-- reload's new ones), gave the token another command: this job is stale.
+local function owns(dict, job)
+    local key = dict:get(meta("command", job.name))
+    return key == nil or key == job.key
 end
 
 

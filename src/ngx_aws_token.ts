@@ -1017,6 +1017,16 @@ function set_due(dict: NgxSharedDict, job: Job, at: number) {
 }
 
 
+/**
+ * False when a later rotate() or manage(), here or in another worker (a
+ * reload's new ones), gave the token another command: this job is stale.
+ */
+function owns(dict: NgxSharedDict, job: Job): boolean {
+    const [key] = dict.get(meta("command", job.name));
+    return key === undefined || key === job.key;
+}
+
+
 /** Lets go of a run's lock, unless it expired and is another's now. */
 function unlock(dict: NgxSharedDict, name: string, run: Run) {
     const key = meta("lock", name);
@@ -1137,16 +1147,6 @@ function is_due(dict: NgxSharedDict, job: Job, now: number): boolean {
     const [failures] = dict.get(meta("failures", job.name));
     const [fetched] = dict.get(meta("fetched", job.name));
     return value === undefined && fetched !== undefined && failures === 0;
-}
-
-
-/**
- * False when a later rotate() or manage(), here or in another worker (a
- * reload's new ones), gave the token another command: this job is stale.
- */
-function owns(dict: NgxSharedDict, job: Job): boolean {
-    const [key] = dict.get(meta("command", job.name));
-    return key === undefined || key === job.key;
 }
 
 
