@@ -161,6 +161,8 @@ describe("20 reloads in a row while requests flow", function()
             assert.equal("tok-", req.authorization:sub(1, 4))
         end
         assert.equal(1, #runs(log))
+        -- the old workers' timers ended without a word above notice
+        assert.same({}, nginx:problems())
     end)
 end)
 
