@@ -53,7 +53,7 @@ local MAX_LIFETIME = 366 * 24 * 3600
 --- Seconds between two runs that refresh() asked for.
 local DEFAULT_COOLDOWN = 10
 
---- Minutes after which a run directory no worker collected (its worker was
+--- Minutes after its end that a run no worker collected (its worker was
 -- killed, or nginx stopped with `-s stop`) is removed by a later run.
 local ORPHAN_MINUTES = 10
 
@@ -168,6 +168,7 @@ local last_scan = -1
 local fd_lib
 local fd_lib_tried = false
 local seed = 0
+local last_full_log = -60
 local json
 
 --- Tags the tables that ecr() and codeartifact() return.
@@ -237,6 +238,18 @@ local function has_control(s)
 end
 
 
+--- The keys of `t`, sorted: pairs() order differs from one LuaJIT VM to
+-- the next, and what a job runs must read the same in every worker.
+local function sorted_keys(t)
+    local keys = {}
+    for key in pairs(t) do
+        keys[#keys + 1] = tostring(key)
+    end
+    table.sort(keys)
+    return keys
+end
+
+
 --- Wraps `s` in single quotes for /bin/sh.
 local function shell_quote(s)
     local quoted = str_gsub(s, "'", "'\\''")
@@ -265,15 +278,41 @@ local function redact(text, secret)
 end
 
 
+--- Hides what a message quotes of a command's output: the output itself,
+-- and any token-like run of 12 or more characters found in it (a part of
+-- a token, one line of several).
+local function hide(text, stdout)
+    if stdout == nil then
+        return text
+    end
+    local plain = redact(
+        text,
+        trim(stdout)
+    )
+    local out = str_gsub(
+        plain,
+        "[%w%+/=_%-]+",
+        function(run)
+            if #run < 12 then
+                return run
+            end
+            local at = str_find(stdout, run, 1, true)
+            return at ~= nil and "<redacted>" or run
+        end
+    )
+    return out
+end
+
+
 --- A short, single-line excerpt of a command's stderr for the log.
-local function excerpt(stderr, secret)
+local function excerpt(stderr, stdout)
     if stderr == nil then
         return ""
     end
     local flat = str_gsub(
-        redact(
+        hide(
             trim(stderr),
-            secret
+            stdout
         ),
         "%c+",
         " "
@@ -331,6 +370,17 @@ local function read_file(path, limit)
 end
 
 
+--- A number in [0, 1), from a generator of our own (Park-Miller).
+local function rand()
+    if seed == 0 then
+        local now = math.floor(ngx_now() * 1000)
+        seed = (ngx.worker.pid() * 7919 + now) % 2147483646 + 1
+    end
+    seed = seed * 16807 % 2147483647
+    return seed / 2147483647
+end
+
+
 --- The directory for command output: tmpfs where there is one, so a token
 -- never reaches a disk.
 local function get_workdir()
@@ -347,11 +397,15 @@ local function get_workdir()
 end
 
 
---- Removes run directories older than ORPHAN_MINUTES, in the background.
+--- Removes, in the background, the directories of runs that ended over
+-- ORPHAN_MINUTES ago and that no worker collected; a run still going on
+-- has no `done` file and is left alone, however long its timeout.
 local function sweep_script()
     return str_format(
-        "find %s -maxdepth 1 -name 'ngx_aws_token.*' -user \"$(id -u)\" "
-            .. "-mmin +%d -exec rm -rf {} + </dev/null >/dev/null 2>&1 &",
+        (("find %s -maxdepth 2 -path '*/ngx_aws_token.*/done' -user "
+            .. "\"$(id -u)\" -mmin +%d -exec sh -c ")
+            .. "'for f; do rm -rf \"${f%%/done}\"; done' sh {} + ")
+            .. "</dev/null >/dev/null 2>&1 &",
         get_workdir(),
         ORPHAN_MINUTES
     )
@@ -416,11 +470,12 @@ local function launch(command, background)
             run_count = run_count + 1
             local base = get_workdir()
             local dir = str_format(
-                "%s/ngx_aws_token.%d.%d.%d",
+                "%s/ngx_aws_token.%d.%d.%d.%d",
                 base,
                 ngx.worker.pid(),
                 run_count,
-                math.floor(ngx_now() * 1000)
+                math.floor(ngx_now() * 1000),
+                math.floor(rand() * 1000000000)
             )
             local script = runner_script(dir, command, background)
             local rc = os.execute(script)
@@ -482,6 +537,11 @@ local function kill_run(run)
         return
     end
     if run.dir == nil then
+        return
+    end
+    local done = io.open(run.dir .. "/done", "rb")
+    if done ~= nil then
+        done:close()
         return
     end
     local pid = read_file(run.dir .. "/pid")
@@ -633,17 +693,6 @@ local function parse_time(v)
 end
 
 
---- A number in [0, 1), from a generator of our own (Park-Miller).
-local function rand()
-    if seed == 0 then
-        local now = math.floor(ngx_now() * 1000)
-        seed = (ngx.worker.pid() * 7919 + now) % 2147483646 + 1
-    end
-    seed = seed * 16807 % 2147483647
-    return seed / 2147483647
-end
-
-
 --- Calls a transform for pcall(): its value and expiry, in a table.
 local function call_transform(transform, output)
     local f = transform
@@ -755,6 +804,7 @@ end
 
 --- Logs at ERR that the dict is too small, with what happened.
 local function log_full(name, what, err)
+    last_full_log = ngx_now()
     ngx_log(
         ERR,
         "ngx_aws_token: token \"",
@@ -802,7 +852,6 @@ end
 
 --- The warning for a failed fetch: name, reason, stderr, what happens.
 local function log_failure(job, outcome, reason, wait)
-    local secret = outcome.stdout ~= nil and trim(outcome.stdout) or nil
     local failed = outcome.status ~= nil and outcome.status ~= 0
     local current = nil
     local dict = storage ~= nil and storage or find_storage()
@@ -814,8 +863,8 @@ local function log_failure(job, outcome, reason, wait)
         "ngx_aws_token: could not refresh token \"",
         job.name,
         "\": ",
-        redact(reason, secret),
-        excerpt(outcome.stderr, secret),
+        hide(reason, outcome.stdout),
+        excerpt(outcome.stderr, outcome.stdout),
         failed and env_hint(outcome) or "",
         current ~= nil and "; keeping the current token" or "",
         "; retrying in ",
@@ -854,6 +903,30 @@ local function refresh_in(job, lifetime)
 end
 
 
+--- Writes one of the module's own keys without pushing out anything else;
+-- says at ERR (once a minute) when the dict has no room even for that.
+local function keep(dict, key, value)
+    local ok = dict:safe_set(key, value)
+    if ok then
+        return
+    end
+    local now = ngx_now()
+    if now - last_full_log >= 60 then
+        last_full_log = now
+        local name = storage_name ~= nil and storage_name or "?"
+        ngx_log(
+            ERR,
+            "ngx_aws_token: lua_shared_dict ",
+            name,
+            " is full: ",
+            "no room for the schedule of its tokens, so workers may fetch ",
+            "more often than needed; raise the size in its ",
+            "lua_shared_dict directive"
+        )
+    end
+end
+
+
 --- The dict; rotate() made sure there is one before any job exists.
 local function the_dict()
     return storage ~= nil and storage or find_storage()
@@ -863,7 +936,8 @@ end
 --- Sets the next fetch for every worker, and this worker's own copy.
 local function set_due(dict, job, at)
     job.due = at
-    dict:safe_set(
+    keep(
+        dict,
         meta("due", job.name),
         at
     )
@@ -892,18 +966,22 @@ end
 local function fail(job, outcome, reason, now)
     local dict = the_dict()
     local count = dict:get(meta("failures", job.name))
-    local failures = (type(count) == "number" and count or 0) + 1
+    local known = type(count) == "number" and count or 0
+    local failures = math.max(known, job.failures) + 1
     local wait = backoff(job, failures)
-    local secret = outcome.stdout ~= nil and trim(outcome.stdout) or nil
-    dict:safe_set(
+    job.failures = failures
+    keep(
+        dict,
         meta("failures", job.name),
         failures
     )
-    dict:safe_set(
+    keep(
+        dict,
         meta("error", job.name),
-        redact(reason, secret)
+        hide(reason, outcome.stdout)
     )
-    dict:safe_set(
+    keep(
+        dict,
         meta("error_at", job.name),
         now
     )
@@ -912,18 +990,9 @@ local function fail(job, outcome, reason, now)
 end
 
 
---- Acts on what a run of a job's command gave.
-local function complete(name, run, outcome)
-    local dict = the_dict()
-    unlock(dict, name, run)
-    local job = jobs[name]
-    if job == nil or job.run ~= run then
-        return
-    end
-    job.run = nil
-    if run.discard or not owns(dict, job) then
-        return
-    end
+--- Stores a run's token and its schedule, or records the failure.
+local function settle(dict, job, run, outcome)
+    local name = job.name
     if run.killed and outcome.failure == nil then
         outcome = {failure = "timed out", stderr = outcome.stderr}
     end
@@ -951,15 +1020,19 @@ local function complete(name, run, outcome)
         fail(job, outcome, "the dict refused the token", now)
         return
     end
-    dict:safe_set(
+    job.failures = 0
+    keep(
+        dict,
         meta("fetched", name),
         now
     )
-    dict:safe_set(
+    keep(
+        dict,
         meta("expires", name),
         expires ~= nil and expires or 0
     )
-    dict:safe_set(
+    keep(
+        dict,
         meta("failures", name),
         0
     )
@@ -974,6 +1047,20 @@ local function complete(name, run, outcome)
         job,
         now + refresh_in(job, lifetime)
     )
+end
+
+
+--- Acts on what a run of a job's command gave.
+local function complete(name, run, outcome)
+    local dict = the_dict()
+    local job = jobs[name]
+    if job ~= nil and job.run == run then
+        if not run.discard and owns(dict, job) then
+            settle(dict, job, run, outcome)
+        end
+        job.run = nil
+    end
+    unlock(dict, name, run)
 end
 
 
@@ -1013,7 +1100,15 @@ local function is_due(dict, job, now)
     local value = dict:get(job.name)
     local failures = dict:get(meta("failures", job.name))
     local fetched = dict:get(meta("fetched", job.name))
-    return value == nil and fetched ~= nil and failures == 0
+    if value ~= nil or fetched == nil or failures ~= 0 then
+        return false
+    end
+    local started = dict:get(meta("started", job.name))
+    local last = math.max(
+        type(started) == "number" and started or 0,
+        job.started
+    )
+    return now - last >= job.retry
 end
 
 
@@ -1048,11 +1143,14 @@ local function start(job, now)
     local run = {id = id, deadline = now + job.timeout, killed = false,
         discard = false}
     job.run = run
-    dict:safe_set(
+    job.started = now
+    keep(
+        dict,
         meta("started", job.name),
         now
     )
-    dict:safe_set(
+    keep(
+        dict,
         meta("runner", job.name),
         RUNNER
     )
@@ -1269,8 +1367,8 @@ end
 local function shell_command(body, args, env)
     local script = PRELUDE
     if env ~= nil then
-        for name, value in pairs(env) do
-            local quoted = shell_quote(tostring(value))
+        for _, name in ipairs(sorted_keys(env)) do
+            local quoted = shell_quote(tostring(env[name]))
             script = script .. str_format("%s=%s; export %s\n", name, quoted,
                 name)
         end
@@ -1315,19 +1413,24 @@ end
 local function adopt(dict, job)
     local key = dict:get(meta("command", job.name))
     local due = dict:get(meta("due", job.name))
-    dict:safe_set(
+    keep(
+        dict,
         meta("cooldown", job.name),
         job.cooldown
     )
-    if key == job.key and type(due) == "number" then
+    local value = dict:get(job.name)
+    local finished = due == math.huge and value == nil
+    if key == job.key and type(due) == "number" and not finished then
         job.due = due
         return
     end
-    dict:safe_set(
+    keep(
+        dict,
         meta("command", job.name),
         job.key
     )
-    dict:safe_set(
+    keep(
+        dict,
         meta("failures", job.name),
         0
     )
@@ -1351,7 +1454,9 @@ local function schedule(name, command, opts, once)
         timeout = DEFAULT_TIMEOUT,
         once = once,
         key = "",
-        due = ngx_now()
+        due = ngx_now(),
+        failures = 0,
+        started = -math.huge
     }
     for key, value in pairs(opts) do
         if OPTIONS[key] == "number" then
@@ -1451,11 +1556,14 @@ local function preset_args(fn, options, known, args)
     if type(options) ~= "table" then
         return fn .. "() wants an options table"
     end
-    for key, value in pairs(options) do
+    local opts = options
+    for _, key in ipairs(sorted_keys(opts)) do
+        local value = opts[key]
         local flag = known[key]
         if flag == nil then
-            return ((fn .. "() has no option \"") .. tostring(key)) .. "\""
+            return ((fn .. "() has no option \"") .. key) .. "\""
         end
+        local kind = key == "duration" and "number" or "string"
         if key == "env" then
             if type(value) ~= "table" then
                 return fn .. "() option \"env\" is not a table"
@@ -1464,8 +1572,8 @@ local function preset_args(fn, options, known, args)
             if bad ~= nil then
                 return bad
             end
-        elseif type(value) ~= "string" and type(value) ~= "number" then
-            return ((fn .. "() option \"") .. key) .. "\" is not a string"
+        elseif type(value) ~= kind then
+            return (((fn .. "() option \"") .. key) .. "\" is not a ") .. kind
         else
             args[#args + 1] = flag
             args[#args + 1] = tostring(value)
@@ -1559,8 +1667,7 @@ function ____exports.create(command, transform)
     local parse = is_source(command) and command.parse or nil
     local value, _, reason = evaluate(outcome, parse, transform)
     if value == nil then
-        local secret = outcome.stdout ~= nil and trim(outcome.stdout) or nil
-        return nil, redact(reason, secret)
+        return nil, hide(reason, outcome.stdout)
     end
     return value, nil
 end
@@ -1652,6 +1759,10 @@ function ____exports.refresh(name)
     if type(key) ~= "string" or str_sub(key, 1, 7) ~= "rotate\0" then
         return nil, "unknown token"
     end
+    local failures = dict:get(meta("failures", name))
+    if type(failures) == "number" and failures > 0 then
+        return true, nil
+    end
     local at = ngx_now()
     local started = dict:get(meta("started", name))
     local cooldown = dict:get(meta("cooldown", name))
@@ -1661,7 +1772,8 @@ function ____exports.refresh(name)
     end
     local due = dict:get(meta("due", name))
     if type(due) ~= "number" or at < due then
-        dict:safe_set(
+        keep(
+            dict,
             meta("due", name),
             at
         )

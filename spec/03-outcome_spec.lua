@@ -270,18 +270,21 @@ describe("a command's outcome", function()
 
 
     describe("when the dict is full", function()
-        local NEW = ("N"):rep(1000)
+        local NEW = ("N"):rep(5000)
 
-        before_each(function()
-            -- room for the first token, never for a 1000-byte one
-            fake.zone("tokens").capacity = 400
-        end)
+        -- after the first fetch: room for what is there (the token and
+        -- the module's own keys), never for a 5000-byte token
+        local function fill_up()
+            local zone = fake.zone("tokens")
+            zone.capacity = zone.used + 200
+        end
 
         it("rotate() logs at ERR naming the dict and its size", function()
             pipe.push{ stdout = GOOD .. "\n" }
             pipe.push{ stdout = NEW .. "\n" }
             m.rotate("ecr", "aws x", { interval = 60, retry = 10 })
             fake.advance(0)
+            fill_up()
             assert.equal(GOOD, m.token("ecr"))
             fake.advance(60)
             local errs = fake.logged(ngx.ERR)
@@ -305,6 +308,7 @@ describe("a command's outcome", function()
                 pipe.push{ stdout = NEW .. "\n" }
                 m.rotate("ecr", "aws x", { interval = 60, retry = 10 })
                 fake.advance(0)
+                fill_up()
                 assert.equal(GOOD, m.token("ecr"))
                 fake.advance(60)
                 assert.equal(2, #pipe.spawned)
@@ -319,13 +323,14 @@ describe("a command's outcome", function()
     it("rotate() logs at ERR when storing evicted other keys", function()
         local user_value = ("u"):rep(100)
         ngx.shared.tokens:set("mine", user_value)
-        -- room for everything but a 200-byte token beside the user's key
-        fake.zone("tokens").capacity = 400
         local new = ("T"):rep(200)
         pipe.push{ stdout = GOOD .. "\n" }
         pipe.push{ stdout = new .. "\n" }
         m.rotate("ecr", "aws x", { interval = 60 })
         fake.advance(0)
+        -- room for everything but a 200-byte token beside the user's key
+        local zone = fake.zone("tokens")
+        zone.capacity = zone.used + 150
         assert.same({}, fake.logged(ngx.ERR))
         fake.advance(60)
 

@@ -178,7 +178,7 @@ describe("the access_by_lua pattern of nginx/ecr-proxy.conf", function()
             access_by_lua_block {
                 local token, err = require("ngx_aws_token").token("ecr")
                 if not token then
-                    ngx.log(ngx.WARN, "no ECR token: ", err)
+                    ngx.log(ngx.INFO, "no ECR token: ", err)
                     return ngx.exit(503)
                 end
                 ngx.var.ecr_token = token

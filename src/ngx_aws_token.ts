@@ -58,7 +58,7 @@ const MAX_LIFETIME = 366 * 24 * 3600;
 const DEFAULT_COOLDOWN = 10;
 
 /**
- * Minutes after which a run directory no worker collected (its worker was
+ * Minutes after its end that a run no worker collected (its worker was
  * killed, or nginx stopped with `-s stop`) is removed by a later run.
  */
 const ORPHAN_MINUTES = 10;
@@ -263,10 +263,13 @@ interface Job {
     /** What makes the job itself: a new one reschedules at once. */
     key: string;
     /**
-     * The next fetch as this worker last knew it; the dict's word wins,
-     * this serves when the dict has lost it.
+     * The next fetch and the failures in a row as this worker last knew
+     * them; the dict's word wins, these serve when the dict lost it.
      */
     due: number;
+    failures: number;
+    /** When this worker last started the command. */
+    started: number;
     run?: Run;
 }
 
@@ -284,6 +287,7 @@ let last_scan = -1;
 let fd_lib: FdLib | undefined;
 let fd_lib_tried = false;
 let seed = 0;
+let last_full_log = -60;
 let json: JsonModule | undefined;
 
 /** Tags the tables that ecr() and codeartifact() return. */
@@ -371,6 +375,20 @@ function has_control(s: string): boolean {
 }
 
 
+/**
+ * The keys of `t`, sorted: pairs() order differs from one LuaJIT VM to
+ * the next, and what a job runs must read the same in every worker.
+ */
+function sorted_keys<V>(t: LuaTable<string, V>): string[] {
+    const keys: string[] = [];
+    for (const [key] of t) {
+        keys[keys.length] = tostring(key);
+    }
+    table.sort(keys);
+    return keys;
+}
+
+
 /** Wraps `s` in single quotes for /bin/sh. */
 function shell_quote(s: string): string {
     const [quoted] = str_gsub(s, "'", "'\\''");
@@ -400,13 +418,34 @@ function redact(text: string, secret: string | undefined): string {
 }
 
 
+/**
+ * Hides what a message quotes of a command's output: the output itself,
+ * and any token-like run of 12 or more characters found in it (a part of
+ * a token, one line of several).
+ */
+function hide(text: string, stdout: string | undefined): string {
+    if (stdout === undefined) {
+        return text;
+    }
+    const plain = redact(text, trim(stdout));
+    const [out] = str_gsub(plain, "[%w%+/=_%-]+", (run: string) => {
+        if (run.length < 12) {
+            return run;
+        }
+        const [at] = str_find(stdout, run, 1, true);
+        return at !== undefined ? "<redacted>" : run;
+    });
+    return out;
+}
+
+
 /** A short, single-line excerpt of a command's stderr for the log. */
-function excerpt(stderr: string | undefined, secret: string | undefined) {
+function excerpt(stderr: string | undefined, stdout: string | undefined) {
     if (stderr === undefined) {
         return "";
     }
 
-    const [flat] = str_gsub(redact(trim(stderr), secret), "%c+", " ");
+    const [flat] = str_gsub(hide(trim(stderr), stdout), "%c+", " ");
     if (flat === "") {
         return "";
     }
@@ -457,6 +496,18 @@ function read_file(path: string, limit?: number): string | undefined {
 }
 
 
+/** A number in [0, 1), from a generator of our own (Park-Miller). */
+function rand(): number {
+    if (seed === 0) {
+        // math.randomseed() would change the sequence for everyone else
+        const now = Math.floor(ngx_now() * 1000);
+        seed = ((ngx.worker.pid() * 7919 + now) % 2147483646) + 1;
+    }
+    seed = (seed * 16807) % 2147483647;
+    return seed / 2147483647;
+}
+
+
 /**
  * The directory for command output: tmpfs where there is one, so a token
  * never reaches a disk.
@@ -475,11 +526,17 @@ function get_workdir(): string {
 }
 
 
-/** Removes run directories older than ORPHAN_MINUTES, in the background. */
+/**
+ * Removes, in the background, the directories of runs that ended over
+ * ORPHAN_MINUTES ago and that no worker collected; a run still going on
+ * has no `done` file and is left alone, however long its timeout.
+ */
 function sweep_script(): string {
     return str_format(
-        "find %s -maxdepth 1 -name 'ngx_aws_token.*' -user \"$(id -u)\" " +
-            "-mmin +%d -exec rm -rf {} + </dev/null >/dev/null 2>&1 &",
+        "find %s -maxdepth 2 -path '*/ngx_aws_token.*/done' -user " +
+            "\"$(id -u)\" -mmin +%d -exec sh -c " +
+            "'for f; do rm -rf \"${f%%/done}\"; done' sh {} + " +
+            "</dev/null >/dev/null 2>&1 &",
         get_workdir(),
         ORPHAN_MINUTES
     );
@@ -536,12 +593,14 @@ function launch(command: Command, background: boolean): Result<string> {
     for (;;) {
         run_count = run_count + 1;
         const base = get_workdir();
+        // not to be guessed: a directory made first would stop the run
         const dir = str_format(
-            "%s/ngx_aws_token.%d.%d.%d",
+            "%s/ngx_aws_token.%d.%d.%d.%d",
             base,
             ngx.worker.pid(),
             run_count,
-            Math.floor(ngx_now() * 1000)
+            Math.floor(ngx_now() * 1000),
+            Math.floor(rand() * 1e9)
         );
 
         const script = runner_script(dir, command, background);
@@ -603,6 +662,12 @@ function kill_run(run: Run) {
         return;
     }
 
+    const [done] = io.open(run.dir + "/done", "rb");
+    if (done !== undefined) {
+        // it has ended: its pid may be another process's by now
+        done.close();
+        return;
+    }
     const pid = read_file(run.dir + "/pid");
     const [num] = str_match(pid !== undefined ? pid : "", "^%d+");
     if (num !== undefined) {
@@ -756,18 +821,6 @@ function parse_time(v: unknown): number | undefined {
 }
 
 
-/** A number in [0, 1), from a generator of our own (Park-Miller). */
-function rand(): number {
-    if (seed === 0) {
-        // math.randomseed() would change the sequence for everyone else
-        const now = Math.floor(ngx_now() * 1000);
-        seed = ((ngx.worker.pid() * 7919 + now) % 2147483646) + 1;
-    }
-    seed = (seed * 16807) % 2147483647;
-    return seed / 2147483647;
-}
-
-
 /** Calls a transform for pcall(): its value and expiry, in a table. */
 function call_transform(this: void, transform: Transform, output: string) {
     const f = transform as unknown as (
@@ -897,6 +950,8 @@ function env_hint(outcome: Outcome): string {
 
 /** Logs at ERR that the dict is too small, with what happened. */
 function log_full(name: string, what: string, err?: string) {
+    // keep() then need not say the same about the module's own keys
+    last_full_log = ngx_now();
     ngx_log(
         ERR,
         'ngx_aws_token: token "',
@@ -949,8 +1004,6 @@ function store(dict: NgxSharedDict, name: string, value: string, ttl: number) {
 
 /** The warning for a failed fetch: name, reason, stderr, what happens. */
 function log_failure(job: Job, outcome: Outcome, reason: string, wait: number) {
-    const secret =
-        outcome.stdout !== undefined ? trim(outcome.stdout) : undefined;
     const failed = outcome.status !== undefined && outcome.status !== 0;
     let current: unknown = undefined;
     const dict = storage !== undefined ? storage : find_storage();
@@ -963,8 +1016,8 @@ function log_failure(job: Job, outcome: Outcome, reason: string, wait: number) {
         'ngx_aws_token: could not refresh token "',
         job.name,
         '": ',
-        redact(reason, secret),
-        excerpt(outcome.stderr, secret),
+        hide(reason, outcome.stdout),
+        excerpt(outcome.stderr, outcome.stdout),
         failed ? env_hint(outcome) : "",
         current !== undefined ? "; keeping the current token" : "",
         "; retrying in ",
@@ -1004,6 +1057,27 @@ function refresh_in(job: Job, lifetime: number | undefined): number {
 }
 
 
+/**
+ * Writes one of the module's own keys without pushing out anything else;
+ * says at ERR (once a minute) when the dict has no room even for that.
+ */
+function keep(dict: NgxSharedDict, key: string, value: string | number) {
+    const [ok] = dict.safe_set(key, value);
+    if (ok) {
+        return;
+    }
+    const now = ngx_now();
+    if (now - last_full_log >= 60) {
+        last_full_log = now;
+        const name = storage_name !== undefined ? storage_name : "?";
+        ngx_log(ERR, "ngx_aws_token: lua_shared_dict ", name, " is full: ",
+            "no room for the schedule of its tokens, so workers may fetch ",
+            "more often than needed; raise the size in its ",
+            "lua_shared_dict directive");
+    }
+}
+
+
 /** The dict; rotate() made sure there is one before any job exists. */
 function the_dict(): NgxSharedDict {
     return (storage !== undefined ? storage : find_storage()) as NgxSharedDict;
@@ -1013,7 +1087,7 @@ function the_dict(): NgxSharedDict {
 /** Sets the next fetch for every worker, and this worker's own copy. */
 function set_due(dict: NgxSharedDict, job: Job, at: number) {
     job.due = at;
-    dict.safe_set(meta("due", job.name), at);
+    keep(dict, meta("due", job.name), at);
 }
 
 
@@ -1041,32 +1115,23 @@ function unlock(dict: NgxSharedDict, name: string, run: Run) {
 function fail(job: Job, outcome: Outcome, reason: string, now: number) {
     const dict = the_dict();
     const [count] = dict.get(meta("failures", job.name));
-    const failures = (typeof count === "number" ? count : 0) + 1;
+    // this worker's own count, should the dict have lost the shared one
+    const known = typeof count === "number" ? count : 0;
+    const failures = Math.max(known, job.failures) + 1;
     const wait = backoff(job, failures);
-    const secret =
-        outcome.stdout !== undefined ? trim(outcome.stdout) : undefined;
 
-    dict.safe_set(meta("failures", job.name), failures);
-    dict.safe_set(meta("error", job.name), redact(reason, secret));
-    dict.safe_set(meta("error_at", job.name), now);
+    job.failures = failures;
+    keep(dict, meta("failures", job.name), failures);
+    keep(dict, meta("error", job.name), hide(reason, outcome.stdout));
+    keep(dict, meta("error_at", job.name), now);
     log_failure(job, outcome, reason, wait);
     set_due(dict, job, now + wait);
 }
 
 
-/** Acts on what a run of a job's command gave. */
-function complete(name: string, run: Run, outcome: Outcome) {
-    const dict = the_dict();
-    unlock(dict, name, run);
-    const job = jobs.get(name);
-    if (job === undefined || job.run !== run) {
-        return;
-    }
-    job.run = undefined;
-    if (run.discard || !owns(dict, job)) {
-        // what the old command gave must not stand in for the new one's
-        return;
-    }
+/** Stores a run's token and its schedule, or records the failure. */
+function settle(dict: NgxSharedDict, job: Job, run: Run, outcome: Outcome) {
+    const name = job.name;
     if (run.killed && outcome.failure === undefined) {
         outcome = { failure: "timed out", stderr: outcome.stderr };
     }
@@ -1096,9 +1161,10 @@ function complete(name: string, run: Run, outcome: Outcome) {
         return;
     }
 
-    dict.safe_set(meta("fetched", name), now);
-    dict.safe_set(meta("expires", name), expires !== undefined ? expires : 0);
-    dict.safe_set(meta("failures", name), 0);
+    job.failures = 0;
+    keep(dict, meta("fetched", name), now);
+    keep(dict, meta("expires", name), expires !== undefined ? expires : 0);
+    keep(dict, meta("failures", name), 0);
     ngx_log(INFO, 'ngx_aws_token: refreshed token "', name, '"');
     if (job.once) {
         // manage(): no worker fetches this one again
@@ -1107,6 +1173,22 @@ function complete(name: string, run: Run, outcome: Outcome) {
         return;
     }
     set_due(dict, job, now + refresh_in(job, lifetime));
+}
+
+
+/** Acts on what a run of a job's command gave. */
+function complete(name: string, run: Run, outcome: Outcome) {
+    const dict = the_dict();
+    const job = jobs.get(name);
+    if (job !== undefined && job.run === run) {
+        // what the old command gave must not stand in for the new one's
+        if (!run.discard && owns(dict, job)) {
+            settle(dict, job, run, outcome);
+        }
+        job.run = undefined;
+    }
+    // only now: another worker must find the new schedule with the lock
+    unlock(dict, name, run);
 }
 
 
@@ -1146,7 +1228,14 @@ function is_due(dict: NgxSharedDict, job: Job, now: number): boolean {
     const [value] = dict.get(job.name);
     const [failures] = dict.get(meta("failures", job.name));
     const [fetched] = dict.get(meta("fetched", job.name));
-    return value === undefined && fetched !== undefined && failures === 0;
+    if (value !== undefined || fetched === undefined || failures !== 0) {
+        return false;
+    }
+    // a dict too full to keep the token must not make every look a fetch
+    const [started] = dict.get(meta("started", job.name));
+    const last = Math.max(typeof started === "number" ? started : 0,
+        job.started);
+    return now - last >= job.retry;
 }
 
 
@@ -1185,8 +1274,9 @@ function start(job: Job, now: number) {
         discard: false,
     };
     job.run = run;
-    dict.safe_set(meta("started", job.name), now);
-    dict.safe_set(meta("runner", job.name), RUNNER);
+    job.started = now;
+    keep(dict, meta("started", job.name), now);
+    keep(dict, meta("runner", job.name), RUNNER);
 
     if (ngx_pipe !== undefined) {
         const [ok, err] = ngx_timer_at(0, pipe_timer, job.name, run);
@@ -1405,8 +1495,8 @@ function check_args(
 function shell_command(body: string, args: string[], env?: Env): Command {
     let script = PRELUDE;
     if (env !== undefined) {
-        for (const [name, value] of env) {
-            const quoted = shell_quote(tostring(value));
+        for (const name of sorted_keys(env)) {
+            const quoted = shell_quote(tostring(env.get(name)));
             script = script + str_format("%s=%s; export %s\n", name, quoted, name);
         }
     }
@@ -1454,13 +1544,16 @@ function job_key(job: Job): string {
 function adopt(dict: NgxSharedDict, job: Job) {
     const [key] = dict.get(meta("command", job.name));
     const [due] = dict.get(meta("due", job.name));
-    dict.safe_set(meta("cooldown", job.name), job.cooldown);
-    if (key === job.key && typeof due === "number") {
+    keep(dict, meta("cooldown", job.name), job.cooldown);
+    const [value] = dict.get(job.name);
+    const finished = due === Infinity && value === undefined;
+    if (key === job.key && typeof due === "number" && !finished) {
+        // the same job: its schedule goes on where the dict has it
         job.due = due;
         return;
     }
-    dict.safe_set(meta("command", job.name), job.key);
-    dict.safe_set(meta("failures", job.name), 0);
+    keep(dict, meta("command", job.name), job.key);
+    keep(dict, meta("failures", job.name), 0);
     set_due(dict, job, job.due);
 }
 
@@ -1487,6 +1580,8 @@ function schedule(
         once: once,
         key: "",
         due: ngx_now(),
+        failures: 0,
+        started: -Infinity,
     };
     // the options given replace the defaults
     for (const [key, value] of opts as LuaTable<string, unknown>) {
@@ -1586,11 +1681,16 @@ function preset_args(
     if (typeof options !== "object") {
         return `${fn}() wants an options table`;
     }
-    for (const [key, value] of options as LuaTable<string, unknown>) {
+    const opts = options as LuaTable<string, unknown>;
+    for (const key of sorted_keys(opts)) {
+        const value = opts.get(key);
         const flag = known.get(key);
         if (flag === undefined) {
-            return `${fn}() has no option "${tostring(key)}"`;
+            return `${fn}() has no option "${key}"`;
         }
+        // numbers only where the CLI wants one: an account id written as
+        // a number would lose its leading zeros
+        const kind = key === "duration" ? "number" : "string";
         if (key === "env") {
             if (typeof value !== "object") {
                 return `${fn}() option "env" is not a table`;
@@ -1599,8 +1699,8 @@ function preset_args(
             if (bad !== undefined) {
                 return bad;
             }
-        } else if (typeof value !== "string" && typeof value !== "number") {
-            return `${fn}() option "${key}" is not a string`;
+        } else if (type(value) !== kind) {
+            return `${fn}() option "${key}" is not a ${kind}`;
         } else {
             args[args.length] = flag;
             args[args.length] = tostring(value);
@@ -1707,9 +1807,7 @@ export function create(
     const parse = is_source(command) ? command.parse : undefined;
     const [value, , reason] = evaluate(outcome, parse, transform);
     if (value === undefined) {
-        const secret =
-            outcome.stdout !== undefined ? trim(outcome.stdout) : undefined;
-        return $multi(undefined, redact(reason, secret));
+        return $multi(undefined, hide(reason, outcome.stdout));
     }
     return $multi(value, undefined);
 }
@@ -1825,6 +1923,12 @@ export function refresh(name: string): Result<true> {
         return $multi(undefined, "unknown token");
     }
 
+    // during failures the backoff decides: refresh() must not undo it
+    const [failures] = dict.get(meta("failures", name));
+    if (typeof failures === "number" && failures > 0) {
+        return $multi(true, undefined);
+    }
+
     let at = ngx_now();
     const [started] = dict.get(meta("started", name));
     const [cooldown] = dict.get(meta("cooldown", name));
@@ -1834,7 +1938,7 @@ export function refresh(name: string): Result<true> {
     }
     const [due] = dict.get(meta("due", name));
     if (typeof due !== "number" || at < due) {
-        dict.safe_set(meta("due", name), at);
+        keep(dict, meta("due", name), at);
     }
     return $multi(true, undefined);
 }
