@@ -358,13 +358,7 @@ local function read_file(path, limit)
     if f == nil then
         return nil
     end
-    local ____temp_0
-    if limit ~= nil then
-        ____temp_0 = f:read(limit)
-    else
-        ____temp_0 = f:read("*a")
-    end
-    local data = ____temp_0
+    local data = f:read(limit ~= nil and limit or "*a")
     f:close()
     return data ~= nil and data or ""
 end
@@ -510,14 +504,8 @@ local function collect(dir)
     end
     done:close()
     local rc = read_file(dir .. "/rc")
-    local ____temp_1
-    if rc ~= nil then
-        ____temp_1 = tonumber(trim(rc))
-    else
-        ____temp_1 = nil
-    end
     local outcome = {
-        status = ____temp_1,
+        status = tonumber(trim(rc ~= nil and rc or "")),
         stdout = read_file(dir .. "/out", MAX_OUTPUT + 1),
         stderr = read_file(dir .. "/err", 4096)
     }
@@ -744,9 +732,9 @@ local function evaluate(outcome, parse, transform)
             local reason = "transform failed: " .. tostring(res)
             return nil, nil, reason
         end
-        local ____res_2 = res
-        local v = ____res_2.value
-        local e = ____res_2.expires
+        local ____res_0 = res
+        local v = ____res_0.value
+        local e = ____res_0.expires
         if type(v) ~= "string" then
             local reason = "transform returned a " .. type(v)
             return nil, nil, reason
@@ -1310,13 +1298,10 @@ local function check_options(fn, opts)
         return fn .. "() option \"refresh_before\" must be below 1"
     end
     local env = opts.env
-    local ____temp_3
-    if env ~= nil then
-        ____temp_3 = check_env(fn, env)
-    else
-        ____temp_3 = nil
+    if env == nil then
+        return nil
     end
-    return ____temp_3
+    return check_env(fn, env)
 end
 
 
@@ -1516,16 +1501,14 @@ local function parse_ecr(output)
     if type(doc) ~= "table" then
         return {err = "the output is not JSON (is cjson installed?)"}
     end
+    local missing = "no authorizationData[0].authorizationToken in output"
     local list = doc.authorizationData
-    local ____temp_4
-    if type(list) == "table" then
-        ____temp_4 = list[1]
-    else
-        ____temp_4 = nil
+    if type(list) ~= "table" then
+        return {err = missing}
     end
-    local data = ____temp_4
+    local data = list[1]
     if type(data) ~= "table" or not non_empty(data.authorizationToken) then
-        return {err = "no authorizationData[0].authorizationToken in output"}
+        return {err = missing}
     end
     return {value = "Basic " .. data.authorizationToken,
         expires = data.expiresAt}
@@ -1584,14 +1567,10 @@ end
 
 
 local function make_source(args, options, parse)
-    local ____temp_5
+    local source = {args = args, parse = parse}
     if type(options) == "table" then
-        ____temp_5 = options.env
-    else
-        ____temp_5 = nil
+        source.env = options.env
     end
-    local env = ____temp_5
-    local source = {args = args, env = env, parse = parse}
     return setmetatable(source, SOURCE_MT)
 end
 

@@ -8,15 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 rounds=${ROUNDS:-2}
 seconds=${SECONDS_PER_ROUND:-6}
 
-nginx_bin=/usr/sbin/nginx
-modules="load_module /usr/share/nginx/modules/ndk_http_module.so;
-load_module /usr/share/nginx/modules/ngx_http_lua_module.so;"
-if command -v openresty >/dev/null; then
-    nginx_bin=$(command -v openresty)
-    modules=
-fi
-user=
-[ "$(id -u)" = 0 ] && user="user nobody nogroup;"
+. "$root/nginx/nginx-bin.sh"
 
 ours='
         local ngx_aws_token = require("ngx_aws_token")

@@ -7,18 +7,8 @@ work=$(mktemp -d /tmp/ngx_aws_token_demo.XXXXXX)
 chmod 755 "$work"
 mkdir -p "$work/logs" "$work/conf" "$work/tmp"
 
-nginx_bin=/usr/sbin/nginx
-modules="load_module /usr/share/nginx/modules/ndk_http_module.so;
-load_module /usr/share/nginx/modules/ngx_http_lua_module.so;"
-if command -v openresty >/dev/null; then
-    nginx_bin=$(command -v openresty)
-    modules=
-fi
-user=
-if [ "$(id -u)" = 0 ]; then
-    user="user nobody nogroup;"
-    chown nobody "$work/tmp"
-fi
+. "$root/nginx/nginx-bin.sh"
+[ -n "$user" ] && chown nobody "$work/tmp"
 
 stub_pid=
 cleanup() {

@@ -35,6 +35,9 @@ describe("the shipped file lua/ngx_aws_token.lua", function()
     it("needs no TypeScriptToLua helper", function()
         assert.falsy(source:find("lualib_bundle", 1, true))
         assert.falsy(source:find("__TS__", 1, true))
+        -- nor its temporaries, which a ternary over a value that may be
+        -- false or nil makes
+        assert.falsy(source:find("____temp", 1, true))
     end)
 
     it("never packs a multi-return into a table to unpack it", function()

@@ -490,7 +490,7 @@ function read_file(path: string, limit?: number): string | undefined {
         return undefined;
     }
 
-    const data = limit !== undefined ? f.read(limit) : f.read("*a");
+    const data = f.read(limit !== undefined ? limit : "*a");
     f.close();
     return data !== undefined ? data : "";
 }
@@ -639,7 +639,7 @@ function collect(dir: string): Outcome | undefined {
 
     const rc = read_file(dir + "/rc");
     const outcome: Outcome = {
-        status: rc !== undefined ? tonumber(trim(rc)) : undefined,
+        status: tonumber(trim(rc !== undefined ? rc : "")),
         stdout: read_file(dir + "/out", MAX_OUTPUT + 1),
         stderr: read_file(dir + "/err", 4096),
     };
@@ -1438,7 +1438,10 @@ function check_options(fn: string, opts: LuaTable<string, unknown>) {
         return `${fn}() option "refresh_before" must be below 1`;
     }
     const env = opts.get("env");
-    return env !== undefined ? check_env(fn, env) : undefined;
+    if (env === undefined) {
+        return undefined;
+    }
+    return check_env(fn, env);
 }
 
 
@@ -1640,10 +1643,14 @@ function parse_ecr(this: void, output: string): Parsed {
     if (typeof doc !== "object") {
         return { err: "the output is not JSON (is cjson installed?)" };
     }
+    const missing = "no authorizationData[0].authorizationToken in output";
     const list = doc.authorizationData;
-    const data = typeof list === "object" ? list[0] : undefined;
+    if (typeof list !== "object") {
+        return { err: missing };
+    }
+    const data = list[0];
     if (typeof data !== "object" || !non_empty(data.authorizationToken)) {
-        return { err: "no authorizationData[0].authorizationToken in output" };
+        return { err: missing };
     }
     return { value: "Basic " + data.authorizationToken, expires: data.expiresAt };
 }
@@ -1711,11 +1718,10 @@ function preset_args(
 
 
 function make_source(args: string[], options: unknown, parse: Parse): Source {
-    const env =
-        typeof options === "object"
-            ? (options as { env?: Env }).env
-            : undefined;
-    const source: Source = { args: args, env: env, parse: parse };
+    const source: Source = { args: args, parse: parse };
+    if (typeof options === "object") {
+        source.env = (options as { env?: Env }).env;
+    }
     return setmetatable(source, SOURCE_MT as LuaMetatable<Source>);
 }
 
