@@ -596,14 +596,19 @@ local function run_pipe(pipe, command, run)
     proc:set_timeouts(ms, ms, ms, ms)
     local reader = ngx.thread.spawn(read_stream, proc, "stderr")
     local stdout, read_err = read_stream(proc, "stdout")
-    local _, stderr = ngx.thread.wait(reader)
+    local read, text = ngx.thread.wait(reader)
+    local stderr = nil
+    if read then
+        stderr = text
+    end
     if read_err ~= nil then
         kill_run(run)
         proc:wait()
         if read_err == "timeout" then
             return {failure = "timed out", stderr = stderr}
         end
-        return {failure = "could not read its output: " .. read_err}
+        local failure = "could not read its output: " .. read_err
+        return {failure = failure, stderr = stderr}
     end
     ngx_update_time()
     local left = math.max(

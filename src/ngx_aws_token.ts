@@ -739,7 +739,11 @@ function run_pipe(pipe: NgxPipeModule, command: Command, run: Run): Outcome {
     // stderr is drained beside stdout: a full stderr pipe would stall both
     const reader = ngx.thread.spawn(read_stream, proc, "stderr");
     const [stdout, read_err] = read_stream(proc, "stdout");
-    const [, stderr] = ngx.thread.wait(reader);
+    const [read, text] = ngx.thread.wait(reader);
+    let stderr: string | undefined = undefined;
+    if (read) {
+        stderr = text;
+    }
 
     if (read_err !== undefined) {
         kill_run(run);
@@ -747,7 +751,8 @@ function run_pipe(pipe: NgxPipeModule, command: Command, run: Run): Outcome {
         if (read_err === "timeout") {
             return { failure: "timed out", stderr: stderr };
         }
-        return { failure: "could not read its output: " + read_err };
+        const failure = "could not read its output: " + read_err;
+        return { failure: failure, stderr: stderr };
     }
 
     ngx_update_time();
