@@ -737,9 +737,9 @@ local function evaluate(outcome, parse, transform)
             local reason = "transform failed: " .. tostring(res)
             return nil, nil, reason
         end
-        local ____res_0 = res
-        local v = ____res_0.value
-        local e = ____res_0.expires
+        local got = res
+        local v = got.value
+        local e = got.expires
         if type(v) ~= "string" then
             local reason = "transform returned a " .. type(v)
             return nil, nil, reason

@@ -891,10 +891,9 @@ function evaluate(
             const reason = "transform failed: " + tostring(res);
             return $multi(undefined, undefined, reason);
         }
-        const { value: v, expires: e } = res as {
-            value: unknown;
-            expires: unknown;
-        };
+        const got = res as { value: unknown; expires: unknown };
+        const v = got.value;
+        const e = got.expires;
         if (typeof v !== "string") {
             const reason = "transform returned a " + type(v);
             return $multi(undefined, undefined, reason);
