@@ -294,6 +294,8 @@ function _M.start(opts)
             error("nginx did not start: " .. tostring(out)
                   .. (read(self.log) or ""))
         end
+        -- another port; the failed try's lines are no part of this run
+        os.remove(self.log)
     end
     error("no free port for nginx")
 end
