@@ -1,23 +1,12 @@
 -- The public API: what misuse raises, and what token() answers.
 
 local fake_ngx = require "support.fake_ngx"
+local util = require "support.util"
 
 local SRC = debug.getinfo(1, "S").short_src
 
 
--- Calls fn, a one-line function that misuses the API, and checks that
--- the error it raises points at that line of this file (error level 2);
--- returns the message without the position.
-local function raises_here(fn)
-    local info = debug.getinfo(fn, "S")
-    assert.equal(info.linedefined, info.lastlinedefined, "a one-liner")
-    local ok, err = pcall(fn)
-    assert.is_false(ok, "no error was raised")
-    assert.is_string(err)
-    local where = SRC .. ":" .. info.linedefined .. ": "
-    assert.equal(where, err:sub(1, #where))
-    return err:sub(#where + 1)
-end
+local raises_here = util.raises_here
 
 
 -- Calls fn, which must raise; returns the message, without a position.

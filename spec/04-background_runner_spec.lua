@@ -3,26 +3,11 @@
 -- The clock here is the real one: each wait is bounded (10 s at most).
 
 local fake_ngx = require "support.fake_ngx"
+local util = require "support.util"
 
 
--- What a shell command prints, without the trailing newline.
-local function sh(cmd)
-    local f = io.popen(cmd)
-    local out = f:read("*a")
-    f:close()
-    return (out:gsub("\n$", ""))
-end
+local sh, read = util.sh, util.read
 
-
-local function read(path)
-    local f = io.open(path, "rb")
-    if not f then
-        return nil
-    end
-    local data = f:read("*a")
-    f:close()
-    return data
-end
 
 
 -- Whether process `pid` still runs (a zombie has ended: it only waits

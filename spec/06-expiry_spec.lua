@@ -5,9 +5,9 @@
 -- timestamps are written by os.date, never by the module's parser.
 
 local fake_ngx = require "support.fake_ngx"
+local util = require "support.util"
 
 local EPOCH = fake_ngx.EPOCH
-local SRC = debug.getinfo(1, "S").short_src
 -- stands for a token in a bad answer: it must never be logged
 local SECRET = "SECRET-TOKEN-123"
 -- base64 of "AWS:pw", the form of ECR's authorizationToken
@@ -45,19 +45,7 @@ local function exists(path)
 end
 
 
--- Calls fn, a one-line function that misuses the API, and checks that
--- the error it raises points at that line of this file; returns the
--- message without the position.
-local function raises_here(fn)
-    local info = debug.getinfo(fn, "S")
-    assert.equal(info.linedefined, info.lastlinedefined, "a one-liner")
-    local ok, err = pcall(fn)
-    assert.is_false(ok, "no error was raised")
-    assert.is_string(err)
-    local where = SRC .. ":" .. info.linedefined .. ": "
-    assert.equal(where, err:sub(1, #where))
-    return err:sub(#where + 1)
-end
+local raises_here = util.raises_here
 
 
 local function ecr_json(token, expires_at)

@@ -7,6 +7,7 @@
 
 local ffi = require "ffi"
 local fake_ngx = require "support.fake_ngx"
+local util = require "support.util"
 
 pcall(ffi.cdef, "int setenv(const char *, const char *, int);")
 
@@ -14,24 +15,8 @@ pcall(ffi.cdef, "int setenv(const char *, const char *, int);")
 local WORKER_PATH = assert(os.getenv("PATH"))
 
 
--- What a shell command prints, without the trailing newline.
-local function sh(cmd)
-    local f = assert(io.popen(cmd))
-    local out = f:read("*a")
-    f:close()
-    return (out:gsub("\n$", ""))
-end
+local sh, read = util.sh, util.read
 
-
-local function read(path)
-    local f = io.open(path, "rb")
-    if not f then
-        return nil
-    end
-    local data = f:read("*a")
-    f:close()
-    return data
-end
 
 
 local function write(path, data)

@@ -26,9 +26,9 @@
 -- are new instances with pids of their own.
 
 local fake_ngx = require "support.fake_ngx"
+local util = require "support.util"
 
 local EPOCH = fake_ngx.EPOCH
-local SRC = debug.getinfo(1, "S").short_src
 
 -- what a command's hook yields to its worker's timer
 local WAKE, PARK, DIE = {}, {}, {}
@@ -39,19 +39,7 @@ local function pack(...)
 end
 
 
--- Calls fn, a one-line function that misuses the API, and checks that
--- the error it raises points at that line of this file (error level 2);
--- returns the message without the position.
-local function raises_here(fn)
-    local info = debug.getinfo(fn, "S")
-    assert.equal(info.linedefined, info.lastlinedefined, "a one-liner")
-    local ok, err = pcall(fn)
-    assert.is_false(ok, "no error was raised")
-    assert.is_string(err)
-    local where = SRC .. ":" .. info.linedefined .. ": "
-    assert.equal(where, err:sub(1, #where))
-    return err:sub(#where + 1)
-end
+local raises_here = util.raises_here
 
 
 -- Everything in `v`, tables walked recursively, as one string.
@@ -286,7 +274,6 @@ describe("several workers of one nginx", function()
         end
         pipe.default = { stdout = "tok\n", status = 0 }
     end)
-
 
 
     describe("found in review", function()
