@@ -291,7 +291,7 @@ local function hide(text, stdout)
     )
     local out = str_gsub(
         plain,
-        "[%w%+/=_%-]+",
+        "[%w%+/=_%-%.]+",
         function(run)
             if #run < 12 then
                 return run

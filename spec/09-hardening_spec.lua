@@ -110,6 +110,17 @@ describe("on a virtual clock", function()
             assert.truthy(text:find("unexpected: <redacted>", 1, true), text)
         end)
 
+        it("a dotted (JWT-like) token's parts", function()
+            local jwt = "eyJhbGciOi.eyJzdWIiOiIx.SflKxwRJSM"
+            pipe.push{ status = 1, stdout = jwt .. "\n",
+                       stderr = "rejected " .. jwt:sub(3) .. "\n" }
+            m.rotate("ecr", "aws x", { retry = 10 })
+            fake.advance(0)
+            local text = fake.log_text()
+            assert.falsy(text:find("hbGciOi", 1, true), text)
+            assert.truthy(text:find("rejected <redacted>", 1, true), text)
+        end)
+
         it("nothing that only looks like a token", function()
             -- words of the stderr that the output does not hold stay
             pipe.push{

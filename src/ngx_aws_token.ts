@@ -428,7 +428,8 @@ function hide(text: string, stdout: string | undefined): string {
         return text;
     }
     const plain = redact(text, trim(stdout));
-    const [out] = str_gsub(plain, "[%w%+/=_%-]+", (run: string) => {
+    // dots too: JWT-like tokens (CodeArtifact's) are dotted
+    const [out] = str_gsub(plain, "[%w%+/=_%-%.]+", (run: string) => {
         if (run.length < 12) {
             return run;
         }
