@@ -66,6 +66,27 @@ local function split_argv(rec)
 end
 
 
+-- Checks that `spawned` ran `aws <service> get-authorization-token
+-- --output json` through `exec "$@"`, then exactly the flag/value pairs
+-- of `flags`, in any order.
+local function assert_spawned(spawned, service, flags)
+    local script, args = split_argv(spawned)
+    assert.same({ "aws", service, "get-authorization-token",
+                  "--output", "json" }, { unpack(args, 1, 5) })
+    local seen, n = {}, 0
+    for i = 6, #args, 2 do
+        seen[args[i]] = args[i + 1]
+        n = n + 1
+    end
+    for _ in pairs(flags) do
+        n = n - 1
+    end
+    assert.equal(0, n, "another number of flags")
+    assert.same(flags, seen)
+    assert.equal('exec "$@"', script:sub(-#'exec "$@"'))
+end
+
+
 -- The lines of `text`.
 local function lines(text)
     local out = {}
@@ -567,16 +588,7 @@ describe("the expiry-aware schedule", function()
             function()
                 m.rotate("ecr", m.ecr(opts))
                 fake.advance(0)
-                local script, args = split_argv(pipe.spawned[1])
-                assert.same({ "aws", "ecr", "get-authorization-token",
-                              "--output", "json" }, { unpack(args, 1, 5) })
-                assert.equal(13, #args)
-                local pairs_seen = {}
-                for i = 6, #args, 2 do
-                    pairs_seen[args[i]] = args[i + 1]
-                end
-                assert.same(flags, pairs_seen)
-                assert.equal('exec "$@"', script:sub(-#'exec "$@"'))
+                assert_spawned(pipe.spawned[1], "ecr", flags)
             end)
 
         it("spawns only the command and --output json without options",
@@ -691,16 +703,7 @@ describe("the expiry-aware schedule", function()
             .. "per option", function()
                 m.rotate("ca", m.codeartifact(opts))
                 fake.advance(0)
-                local script, args = split_argv(pipe.spawned[1])
-                assert.same({ "aws", "codeartifact", "get-authorization-token",
-                              "--output", "json" }, { unpack(args, 1, 5) })
-                assert.equal(11, #args)
-                local pairs_seen = {}
-                for i = 6, #args, 2 do
-                    pairs_seen[args[i]] = args[i + 1]
-                end
-                assert.same(flags, pairs_seen)
-                assert.equal('exec "$@"', script:sub(-#'exec "$@"'))
+                assert_spawned(pipe.spawned[1], "codeartifact", flags)
             end)
 
         it("stores Bearer and the token until its expiration", function()
