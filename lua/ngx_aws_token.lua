@@ -844,13 +844,9 @@ end
 
 
 --- The warning for a failed fetch: name, reason, stderr, what happens.
-local function log_failure(job, outcome, reason, wait)
+local function log_failure(dict, job, outcome, reason, wait)
     local failed = outcome.status ~= nil and outcome.status ~= 0
-    local current = nil
-    local dict = storage ~= nil and storage or find_storage()
-    if dict ~= nil then
-        current = dict:get(job.name)
-    end
+    local current = dict:get(job.name)
     ngx_log(
         WARN,
         "ngx_aws_token: could not refresh token \"",
@@ -978,7 +974,13 @@ local function fail(job, outcome, reason, now)
         meta("error_at", job.name),
         now
     )
-    log_failure(job, outcome, reason, wait)
+    log_failure(
+        dict,
+        job,
+        outcome,
+        reason,
+        wait
+    )
     set_due(dict, job, now + wait)
 end
 

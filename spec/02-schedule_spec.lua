@@ -20,11 +20,7 @@ describe("the schedule", function()
     end
 
     before_each(function()
-        fake = fake_ngx.install{ pipe = true }
-        pipe = fake.pipe
-        pipe.default = { stdout = "tok\n", status = 0 }
-        m = fake.load()
-        m.set_storage(ngx.shared.tokens)
+        fake, pipe, m = fake_ngx.worker_with_pipe()
     end)
 
 

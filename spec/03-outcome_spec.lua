@@ -18,11 +18,7 @@ describe("a command's outcome", function()
     local fake, pipe, m
 
     before_each(function()
-        fake = fake_ngx.install{ pipe = true }
-        pipe = fake.pipe
-        pipe.default = { stdout = "tok\n", status = 0 }
-        m = fake.load()
-        m.set_storage(ngx.shared.tokens)
+        fake, pipe, m = fake_ngx.worker_with_pipe()
     end)
 
     -- Stores GOOD, then runs one refresh that does `entry`; returns the

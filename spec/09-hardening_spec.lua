@@ -12,11 +12,7 @@ describe("on a virtual clock", function()
     local fake, pipe, m
 
     before_each(function()
-        fake = fake_ngx.install{ pipe = true }
-        pipe = fake.pipe
-        pipe.default = { stdout = "tok\n" }
-        m = fake.load()
-        m.set_storage(ngx.shared.tokens)
+        fake, pipe, m = fake_ngx.worker_with_pipe()
     end)
 
 

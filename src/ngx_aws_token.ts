@@ -1008,13 +1008,15 @@ function store(dict: NgxSharedDict, name: string, value: string, ttl: number) {
 
 
 /** The warning for a failed fetch: name, reason, stderr, what happens. */
-function log_failure(job: Job, outcome: Outcome, reason: string, wait: number) {
+function log_failure(
+    dict: NgxSharedDict,
+    job: Job,
+    outcome: Outcome,
+    reason: string,
+    wait: number
+) {
     const failed = outcome.status !== undefined && outcome.status !== 0;
-    let current: unknown = undefined;
-    const dict = storage !== undefined ? storage : find_storage();
-    if (dict !== undefined) {
-        [current] = dict.get(job.name);
-    }
+    const [current] = dict.get(job.name);
 
     ngx_log(
         WARN,
@@ -1129,7 +1131,7 @@ function fail(job: Job, outcome: Outcome, reason: string, now: number) {
     keep(dict, meta("failures", job.name), failures);
     keep(dict, meta("error", job.name), hide(reason, outcome.stdout));
     keep(dict, meta("error_at", job.name), now);
-    log_failure(job, outcome, reason, wait);
+    log_failure(dict, job, outcome, reason, wait);
     set_due(dict, job, now + wait);
 }
 

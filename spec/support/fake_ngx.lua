@@ -753,4 +753,16 @@ function M.install(opts)
 end
 
 
+--- The usual start of a unit spec: a fake with the fake ngx.pipe, whose
+-- commands print "tok" and exit 0 unless told otherwise, and a worker's
+-- module with ngx.shared.tokens as its storage. Returns fake, pipe, m.
+function M.worker_with_pipe()
+    local fake = M.install{ pipe = true }
+    fake.pipe.default = { stdout = "tok\n", status = 0 }
+    local m = fake.load()
+    m.set_storage(ngx.shared.tokens)
+    return fake, fake.pipe, m
+end
+
+
 return M
